@@ -1,0 +1,65 @@
+"""Pieces shared by the routers: paging parameters and idempotent creation."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Header, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bulletin.bootstrap import Services
+from bulletin.idempotency import service as idempotency
+from bulletin.idempotency.service import StoredAnswer
+from bulletin.orgs.service import Principal
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="The next_cursor of the previous page.")
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Makes retries safe: the same key and body return the first answer.",
+    ),
+]
+
+
+async def create_idempotently(
+    request: Request,
+    svc: Services,
+    principal: Principal,
+    key: str | None,
+    create: Callable[[AsyncSession], Awaitable[StoredAnswer]],
+    *,
+    wakes_worker: bool = False,
+) -> JSONResponse:
+    """Run ``create`` in one transaction with the Idempotency-Key check and record (G3).
+
+    The answer is sent only after the commit, so a 2xx means the resource is durable (G4).
+    """
+    replayed = False
+    async with svc.db.transaction() as session:
+        stored = None
+        print_ = ""
+        if key is not None:
+            idempotency.check_key(key)
+            print_ = idempotency.fingerprint(request.method, request.url.path, await request.body())
+            stored = await idempotency.begin(session, principal.org_id, key, print_)
+        if stored is not None:
+            answer, replayed = stored, True
+        else:
+            answer = await create(session)
+            if key is not None:
+                await idempotency.remember(session, principal.org_id, key, print_, answer)
+    if wakes_worker and not replayed:
+        svc.notifier.work_available()
+    headers: dict[str, Any] = {}
+    if answer.location:
+        headers["Location"] = answer.location
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)

@@ -1,0 +1,164 @@
+"""RFC 9457 problem details: how every error leaves the API.
+
+Bulletin's own exceptions are mapped to status codes here and nowhere else. An unexpected
+exception becomes a 500 whose body says nothing about the internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from bulletin import errors
+
+log = structlog.get_logger("bulletin.api")
+
+MEDIA_TYPE = "application/problem+json"
+
+_STATUS: list[tuple[type[errors.BulletinError], int, str, str]] = [
+    (errors.NotFound, 404, "not-found", "Not found"),
+    (errors.RequestInProgress, 409, "request-in-progress", "Request in progress"),
+    (errors.Conflict, 409, "conflict", "Conflict"),
+    (errors.IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency-Key reused"),
+    (errors.InvalidRequest, 422, "invalid-request", "Invalid request"),
+    (errors.AuthenticationFailed, 401, "unauthenticated", "Unauthenticated"),
+    (errors.PermissionDenied, 403, "forbidden", "Forbidden"),
+]
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors_: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:bulletin:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors_ is not None:
+        body["errors"] = errors_
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _clean_loc(loc: Any) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    listed = [
+        {"loc": _clean_loc(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    return problem(
+        422,
+        "validation-error",
+        "Invalid request",
+        f"The request has {len(listed)} invalid field(s).",
+        instance=request.url.path,
+        errors_=listed,
+    )
+
+
+async def _bulletin(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.BulletinError)
+    for kind, status, slug, title in _STATUS:
+        if isinstance(exc, kind):
+            listed = None
+            if isinstance(exc, errors.InvalidRequest):
+                listed = [
+                    {"loc": _clean_loc(e.loc), "message": e.message, "type": e.type}
+                    for e in exc.errors
+                ]
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return problem(
+                status,
+                slug,
+                title,
+                exc.detail,
+                instance=request.url.path,
+                errors_=listed,
+                headers=headers,
+            )
+    log.error("api.unmapped_error", error=repr(exc))
+    return problem(500, "internal", "Internal error", "Something went wrong on our side.")
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+    return problem(
+        exc.status_code,
+        f"http-{exc.status_code}",
+        detail,
+        detail,
+        instance=request.url.path,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("api.unhandled_error", path=request.url.path)
+    return problem(500, "internal", "Internal error", "Something went wrong on our side.")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(errors.BulletinError, _bulletin)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    message: str
+    type: str | None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI description of the error answers a route can give."""
+    described = {
+        401: "No API key, or one that is not valid",
+        403: "The key's scope does not allow this",
+        404: "Not found in this organization",
+        409: "The resource's state does not allow this, or a twin request is in progress",
+        422: "Invalid request",
+    }
+    schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    schema["properties"]["errors"] = {
+        "anyOf": [
+            {"type": "array", "items": FieldProblem.model_json_schema()},
+            {"type": "null"},
+        ]
+    }
+    return {
+        status: {"description": described[status], "content": {MEDIA_TYPE: {"schema": schema}}}
+        for status in statuses
+    }

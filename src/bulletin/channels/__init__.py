@@ -1,0 +1,1 @@
+"""Channels: the port every provider implements, the registry, and the providers themselves."""

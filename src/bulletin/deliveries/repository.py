@@ -1,0 +1,525 @@
+"""Every query on the deliveries table, which is Bulletin's work queue.
+
+The claim protocol lives here (ARCHITECTURE.md, "Claiming work without duplicates"):
+
+1. :func:`claim` takes a batch of due ``pending`` rows, locked with ``FOR UPDATE SKIP LOCKED``
+   on PostgreSQL (SQLite serializes writers by itself), sets them ``sending``, increments
+   ``attempt`` (the fencing token) and sets the lease.
+2. The worker sends while the lease holds.
+3. :func:`complete` applies outcomes in one statement, each only where ``state`` is still
+   ``sending`` and ``attempt`` still matches: a worker whose lease was taken over changes
+   nothing. The one exception is proof of acceptance, which may also settle an ``unknown``
+   left by the same attempt.
+4. :func:`expired_leases` finds sends whose worker went silent; the caller decides, per
+   channel, whether they go back to ``pending`` or become ``unknown``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
+from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
+from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.states import DeliveryState
+from bulletin.messages.models import Message, MessageRecipient
+from bulletin.recipients.models import Recipient, RecipientGroup
+
+_ADDRESS = {
+    "whatsapp": Recipient.whatsapp,
+    "email": Recipient.email,
+    "sms": Recipient.phone,
+}
+_PREFERENCE = {
+    "whatsapp": Recipient.pref_whatsapp,
+    "email": Recipient.pref_email,
+    "sms": Recipient.pref_sms,
+}
+
+
+# --- Resolving an audience into deliveries -------------------------------------------------
+
+
+def _audience(message: Message) -> tuple[Select[Any], Any]:
+    """The recipients a message is for, and the column their order (and cursor) follows."""
+    audience = message.audience
+    if audience.get("recipients"):
+        query = (
+            select(Recipient.id)
+            .join(MessageRecipient, MessageRecipient.recipient_id == Recipient.id)
+            .where(MessageRecipient.message_id == message.id)
+        )
+        return query, MessageRecipient.recipient_id
+    query = select(Recipient.id).where(
+        Recipient.org_id == message.org_id, Recipient.active.is_(True)
+    )
+    if audience.get("groups"):
+        member = (
+            select(RecipientGroup.recipient_id)
+            .where(
+                RecipientGroup.recipient_id == Recipient.id,
+                RecipientGroup.org_id == message.org_id,
+                RecipientGroup.name.in_(audience["groups"]),
+            )
+            .exists()
+        )
+        query = query.where(member)
+    return query, Recipient.id
+
+
+def _first_usable_channel(channels: Sequence[str]) -> ColumnElement[str]:
+    """SQL for the first channel, in the message's order, that a recipient can be reached on.
+
+    The worker checks again at dispatch (preferences may change in between); this choice only
+    decides which row is created for ``routing: "first"``.
+    """
+    whens = [
+        (and_(_ADDRESS[c].is_not(None), func.coalesce(_PREFERENCE[c], true())), literal(c))
+        for c in channels
+    ]
+    return case(*whens, else_=literal(channels[0]))
+
+
+async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> tuple[int, bool]:
+    """Turn the next ``chunk`` recipients after ``message.resolve_cursor`` into deliveries.
+
+    Set-based (``INSERT ... SELECT``) and idempotent (``ON CONFLICT DO NOTHING`` on message,
+    recipient and channel), so a crash part-way and a second attempt make each delivery once.
+    Returns how many recipients the chunk held and whether the audience is exhausted; the
+    caller stores the advanced cursor in the same transaction.
+    """
+    audience, order = _audience(message)
+    window = audience.where(order > message.resolve_cursor).order_by(order).limit(chunk)
+    bounds = window.with_only_columns(order.label("rid")).subquery()
+    count, upper = (await session.execute(select(func.count(), func.max(bounds.c.rid)))).one()
+    if not count:
+        return 0, True
+    in_chunk = audience.where(order > message.resolve_cursor, order <= upper)
+    if message.routing == "all":
+        channel_choices: list[ColumnElement[str]] = [literal(c) for c in message.channels]
+    else:
+        channel_choices = [_first_usable_channel(message.channels)]
+    for channel in channel_choices:
+        rows = in_chunk.with_only_columns(
+            literal(message.org_id, Delivery.org_id.type),
+            literal(message.id, Delivery.message_id.type),
+            Recipient.id,
+            channel,
+            literal(DeliveryState.PENDING.value),
+            literal(0),
+            literal(0),
+            literal(message.send_at, UTCDateTime()),
+            literal(message.send_at, UTCDateTime()),
+            literal(message.send_at, UTCDateTime()),
+        )
+        columns = [
+            "org_id",
+            "message_id",
+            "recipient_id",
+            "channel",
+            "state",
+            "attempt",
+            "send_attempts",
+            "next_attempt_at",
+            "created_at",
+            "updated_at",
+        ]
+        statement = (
+            upsert_statement(session, Delivery)
+            .from_select(columns, rows)
+            .on_conflict_do_nothing(index_elements=["message_id", "recipient_id", "channel"])
+        )
+        await session.execute(statement)
+    message.resolve_cursor = int(upper)
+    message.audience_size = (message.audience_size or 0) + int(count)
+    return int(count), int(count) < chunk
+
+
+# --- Claiming -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A delivery this worker now holds, with the recipient facts dispatch needs."""
+
+    id: int
+    attempt: int
+    send_attempts: int
+    org_id: uuid.UUID
+    message_id: uuid.UUID
+    recipient_id: int
+    channel: str
+
+
+_CLAIM_PG = text(
+    """
+    WITH due AS MATERIALIZED (
+        SELECT id FROM deliveries
+        WHERE state = 'pending' AND next_attempt_at <= :now
+        ORDER BY next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE deliveries AS d
+    SET state = 'sending', attempt = d.attempt + 1, send_attempts = d.send_attempts + 1,
+        lease_expires_at = :lease, updated_at = :now
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.attempt, d.send_attempts, d.org_id, d.message_id, d.recipient_id, d.channel
+    """
+)
+_CLAIM_SQLITE = text(
+    """
+    UPDATE deliveries
+    SET state = 'sending', attempt = attempt + 1, send_attempts = send_attempts + 1,
+        lease_expires_at = :lease, updated_at = :now
+    WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE state = 'pending' AND next_attempt_at <= :now
+        ORDER BY next_attempt_at
+        LIMIT :limit
+    )
+    RETURNING id, attempt, send_attempts, org_id, message_id, recipient_id, channel
+    """
+)
+
+
+def _timed(statement: Any, *names: str) -> Any:
+    return statement.bindparams(*(bindparam(n, type_=UTCDateTime()) for n in names))
+
+
+async def claim(
+    session: AsyncSession, now: dt.datetime, lease_until: dt.datetime, limit: int
+) -> list[ClaimedRow]:
+    """Take up to ``limit`` due pending deliveries: ``sending``, next attempt, leased."""
+    postgres = dialect_name(session) == "postgresql"
+    statement = _timed(_CLAIM_PG if postgres else _CLAIM_SQLITE, "now", "lease")
+    statement = statement.columns(
+        id=Delivery.id.type,
+        attempt=Delivery.attempt.type,
+        send_attempts=Delivery.send_attempts.type,
+        org_id=Delivery.org_id.type,
+        message_id=Delivery.message_id.type,
+        recipient_id=Delivery.recipient_id.type,
+        channel=Delivery.channel.type,
+    )
+    result = await session.execute(statement, {"now": now, "lease": lease_until, "limit": limit})
+    return [ClaimedRow(*row) for row in result]
+
+
+async def recipients_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, Recipient]:
+    found: dict[int, Recipient] = {}
+    for part in chunked(sorted(set(ids)), 1000):
+        rows = await session.execute(select(Recipient).where(Recipient.id.in_(part)))
+        found.update({r.id: r for r in rows.scalars()})
+    return found
+
+
+async def suppressed_addresses(
+    session: AsyncSession, org_ids: set[uuid.UUID], addresses: set[str]
+) -> set[tuple[uuid.UUID, str, str]]:
+    """Which of these addresses are on their organization's suppression list, per channel."""
+    if not addresses:
+        return set()
+    rows = await session.execute(
+        select(Suppression.org_id, Suppression.channel, Suppression.address).where(
+            Suppression.org_id.in_(org_ids), Suppression.address.in_(addresses)
+        )
+    )
+    return {(row.org_id, row.channel, row.address) for row in rows}
+
+
+async def sibling_channels(
+    session: AsyncSession, message_id: uuid.UUID, recipient_id: int
+) -> set[str]:
+    rows = await session.execute(
+        select(Delivery.channel).where(
+            Delivery.message_id == message_id, Delivery.recipient_id == recipient_id
+        )
+    )
+    return set(rows.scalars())
+
+
+# --- Completing -----------------------------------------------------------------------------
+
+_COMPLETE_PG = text(
+    """
+    UPDATE deliveries AS d
+    SET state = v.state,
+        reason = v.reason,
+        next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at),
+        lease_expires_at = NULL,
+        provider = COALESCE(v.provider, d.provider),
+        provider_message_id = COALESCE(v.provider_message_id, d.provider_message_id),
+        channel = COALESCE(v.channel, d.channel),
+        send_attempts = d.send_attempts - v.gave_back,
+        sent_at = CASE WHEN v.state = 'sent' THEN :now ELSE d.sent_at END,
+        updated_at = :now
+    FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        id bigint, attempt int, state text, reason text, next_attempt_at timestamptz,
+        provider text, provider_message_id text, channel text, gave_back int)
+    WHERE d.id = v.id AND d.attempt = v.attempt
+      AND (d.state = 'sending' OR (d.state = 'unknown' AND v.state = 'sent'))
+    RETURNING d.id
+    """
+)
+_COMPLETE_SQLITE = text(
+    """
+    UPDATE deliveries
+    SET state = v.state,
+        reason = v.reason,
+        next_attempt_at = COALESCE(v.next_attempt_at, deliveries.next_attempt_at),
+        lease_expires_at = NULL,
+        provider = COALESCE(v.provider, deliveries.provider),
+        provider_message_id = COALESCE(v.provider_message_id, deliveries.provider_message_id),
+        channel = COALESCE(v.channel, deliveries.channel),
+        send_attempts = deliveries.send_attempts - v.gave_back,
+        sent_at = CASE WHEN v.state = 'sent' THEN :now ELSE deliveries.sent_at END,
+        updated_at = :now
+    FROM (
+        SELECT json_extract(value, '$.id') AS id,
+               json_extract(value, '$.attempt') AS attempt,
+               json_extract(value, '$.state') AS state,
+               json_extract(value, '$.reason') AS reason,
+               json_extract(value, '$.next_attempt_at') AS next_attempt_at,
+               json_extract(value, '$.provider') AS provider,
+               json_extract(value, '$.provider_message_id') AS provider_message_id,
+               json_extract(value, '$.channel') AS channel,
+               json_extract(value, '$.gave_back') AS gave_back
+        FROM json_each(:payload)
+    ) AS v
+    WHERE deliveries.id = v.id AND deliveries.attempt = v.attempt
+      AND (deliveries.state = 'sending' OR (deliveries.state = 'unknown' AND v.state = 'sent'))
+    RETURNING deliveries.id
+    """
+)
+
+
+def _json_time(value: dt.datetime | None, sqlite: bool) -> str | None:
+    if value is None:
+        return None
+    value = value.astimezone(dt.UTC)
+    # SQLite compares the stored text, so it must be written exactly as UTCDateTime stores it.
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else value.isoformat()
+
+
+async def complete(
+    session: AsyncSession, outcomes: Sequence[Outcome], now: dt.datetime
+) -> list[Outcome]:
+    """Apply outcomes whose claim still holds, in one statement; return the ones applied.
+
+    Each applied outcome gets its event, and a requested suppression is recorded.
+    """
+    if not outcomes:
+        return []
+    sqlite = dialect_name(session) == "sqlite"
+    payload = json.dumps(
+        [
+            {
+                "id": o.delivery_id,
+                "attempt": o.attempt,
+                "state": o.state.value,
+                "reason": o.detail,
+                "next_attempt_at": _json_time(o.next_attempt_at, sqlite),
+                "provider": o.provider,
+                "provider_message_id": o.provider_message_id,
+                "channel": o.channel,
+                "gave_back": int(o.gave_back),
+            }
+            for o in outcomes
+        ]
+    )
+    statement = _timed(_COMPLETE_SQLITE if sqlite else _COMPLETE_PG, "now")
+    applied_ids = set(
+        (await session.execute(statement, {"payload": payload, "now": now})).scalars()
+    )
+    applied = [o for o in outcomes if o.delivery_id in applied_ids]
+    await add_events(
+        session,
+        [
+            {
+                "delivery_id": o.delivery_id,
+                "at": now,
+                "state": o.state.value,
+                "attempt": o.attempt,
+                "detail": o.detail,
+            }
+            for o in applied
+        ],
+    )
+    for o in applied:
+        if o.suppress is not None:
+            s = o.suppress
+            await add_suppression(session, s.org_id, s.channel, s.address, o.detail or "", now)
+    return applied
+
+
+async def add_suppression(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    channel: str,
+    address: str,
+    reason: str,
+    now: dt.datetime,
+) -> None:
+    statement = upsert_statement(session, Suppression).values(
+        org_id=org_id, channel=channel, address=address, reason=reason, created_at=now
+    )
+    await session.execute(statement.on_conflict_do_nothing())
+
+
+async def add_events(session: AsyncSession, events: list[dict[str, Any]]) -> None:
+    for part in chunked(events, 2000):
+        await session.execute(insert(DeliveryEvent), part)
+
+
+# --- Expired leases -------------------------------------------------------------------------
+
+
+async def expired_leases(session: AsyncSession, now: dt.datetime, limit: int) -> list[ClaimedRow]:
+    """Deliveries still ``sending`` after their lease ran out, locked for the caller to settle."""
+    query = (
+        select(
+            Delivery.id,
+            Delivery.attempt,
+            Delivery.send_attempts,
+            Delivery.org_id,
+            Delivery.message_id,
+            Delivery.recipient_id,
+            Delivery.channel,
+        )
+        .where(Delivery.state == DeliveryState.SENDING.value, Delivery.lease_expires_at < now)
+        .order_by(Delivery.lease_expires_at)
+        .limit(limit)
+    )
+    if dialect_name(session) == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [ClaimedRow(*row) for row in await session.execute(query)]
+
+
+# --- Reading and cancelling -----------------------------------------------------------------
+
+
+async def next_due(session: AsyncSession) -> dt.datetime | None:
+    """When the earliest pending delivery falls due."""
+    return (
+        await session.execute(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.state == DeliveryState.PENDING.value
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def count_by_state(session: AsyncSession, message_id: uuid.UUID) -> dict[str, int]:
+    rows = await session.execute(
+        select(Delivery.state, func.count())
+        .where(Delivery.message_id == message_id)
+        .group_by(Delivery.state)
+    )
+    counts = {state.value: 0 for state in DeliveryState}
+    counts.update({state: n for state, n in rows.tuples()})
+    return counts
+
+
+async def count_in_flight(session: AsyncSession, message_id: uuid.UUID) -> int:
+    return (
+        await session.execute(
+            select(func.count()).where(
+                Delivery.message_id == message_id, Delivery.state == DeliveryState.SENDING.value
+            )
+        )
+    ).scalar_one()
+
+
+async def cancel_pending(session: AsyncSession, message_id: uuid.UUID, now: dt.datetime) -> int:
+    """Cancel every delivery of the message that has not started; returns how many."""
+    ids = list(
+        (
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.message_id == message_id,
+                    Delivery.state == DeliveryState.PENDING.value,
+                )
+                .values(
+                    state=DeliveryState.CANCELLED.value,
+                    reason="message cancelled",
+                    updated_at=now,
+                )
+                .returning(Delivery.id)
+            )
+        ).scalars()
+    )
+    await add_events(
+        session,
+        [
+            {
+                "delivery_id": i,
+                "at": now,
+                "state": DeliveryState.CANCELLED.value,
+                "attempt": None,
+                "detail": "message cancelled",
+            }
+            for i in ids
+        ],
+    )
+    return len(ids)
+
+
+async def get(session: AsyncSession, org_id: uuid.UUID, delivery_id: int) -> Delivery | None:
+    return (
+        await session.execute(
+            select(Delivery).where(Delivery.id == delivery_id, Delivery.org_id == org_id)
+        )
+    ).scalar_one_or_none()
+
+
+async def events(session: AsyncSession, delivery_id: int) -> list[DeliveryEvent]:
+    rows = await session.execute(
+        select(DeliveryEvent)
+        .where(DeliveryEvent.delivery_id == delivery_id)
+        .order_by(DeliveryEvent.id)
+    )
+    return list(rows.scalars())
+
+
+async def page_for_message(
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    *,
+    state: str | None,
+    after_id: int | None,
+    limit: int,
+) -> list[tuple[Delivery, str]]:
+    query = (
+        select(Delivery, Recipient.external_id)
+        .join(Recipient, Recipient.id == Delivery.recipient_id)
+        .where(Delivery.message_id == message_id)
+    )
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    if after_id is not None:
+        query = query.where(Delivery.id > after_id)
+    rows = await session.execute(query.order_by(Delivery.id).limit(limit))
+    return [(d, external_id) for d, external_id in rows.tuples()]

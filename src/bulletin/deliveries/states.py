@@ -1,0 +1,64 @@
+"""The delivery state machine (ARCHITECTURE.md), as data and pure functions.
+
+::
+
+    pending --claim--> sending --accepted--> sent --receipt--> delivered --receipt--> read
+       |                  |  \\--retryable error--> pending (later)
+       |                  |  \\--permanent error / attempts exhausted--> failed
+       |                  \\--lease expired, outcome unknown--> unknown (or pending)
+       \\--cancel--> cancelled      \\--preferences / suppression at dispatch--> suppressed
+    sent --bounce / undeliverable receipt--> failed
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+class MessageState(StrEnum):
+    SCHEDULED = "scheduled"
+    RESOLVING = "resolving"
+    SENDING = "sending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+#: States in which a delivery still has work ahead of it; the rest are settled.
+ACTIVE_STATES = frozenset({DeliveryState.PENDING, DeliveryState.SENDING})
+
+#: States that mean the provider accepted the message.
+ACCEPTED_STATES = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.READ})
+
+# How far along the receipt ladder a state is; receipts only ever move a delivery up.
+_RECEIPT_RANK = {
+    DeliveryState.UNKNOWN: 0,
+    DeliveryState.SENDING: 0,
+    DeliveryState.SENT: 1,
+    DeliveryState.DELIVERED: 2,
+    DeliveryState.READ: 3,
+}
+
+
+def receipt_moves_forward(current: DeliveryState, reported: DeliveryState) -> bool:
+    """Whether a provider receipt saying ``reported`` may move a delivery from ``current``.
+
+    Receipts arrive late, out of order and repeatedly: a state never moves backwards, a
+    duplicate changes nothing, and a failure report only counts before delivery.
+    """
+    if reported == DeliveryState.FAILED:
+        return current in {DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.UNKNOWN}
+    if current not in _RECEIPT_RANK or reported not in _RECEIPT_RANK:
+        return False
+    return _RECEIPT_RANK[reported] > _RECEIPT_RANK[current]

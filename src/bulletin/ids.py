@@ -1,0 +1,53 @@
+"""Identifiers and pagination cursors.
+
+Message and organization ids are UUIDv7 (RFC 9562): random enough to be unguessable, and
+ordered by creation time, so that ``ORDER BY id`` is chronological and keyset pagination needs
+no second column. Python 3.11 has no ``uuid.uuid7``; the layout is small enough to write here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import time
+import uuid
+
+from bulletin.errors import FieldError, InvalidRequest
+
+
+def uuid7() -> uuid.UUID:
+    """A new UUID version 7: 48 bits of Unix milliseconds, then random bits."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76  # version
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def encode_cursor(position: str | int) -> str:
+    """An opaque cursor for the row after which the next page starts."""
+    raw = json.dumps({"after": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
+    """The position inside a cursor made by :func:`encode_cursor`; a bad cursor is a 422."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        position = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise _bad_cursor() from exc
+    if not isinstance(position, kind) or isinstance(position, bool):
+        raise _bad_cursor()
+    return position
+
+
+def _bad_cursor() -> InvalidRequest:
+    return InvalidRequest(
+        "The cursor is not one this server gave out.",
+        [FieldError(("query", "cursor"), "not a valid cursor", "cursor_invalid")],
+    )

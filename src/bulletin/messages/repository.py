@@ -1,0 +1,93 @@
+"""Every query about messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bulletin.db import chunked, dialect_name
+from bulletin.deliveries.models import Delivery
+from bulletin.deliveries.states import ACTIVE_STATES, MessageState
+from bulletin.messages.models import Message, MessageRecipient
+
+_WAITING = (MessageState.SCHEDULED.value, MessageState.RESOLVING.value)
+
+
+async def add_recipients(session: AsyncSession, message_id: uuid.UUID, ids: list[int]) -> None:
+    rows = [{"message_id": message_id, "recipient_id": i} for i in sorted(set(ids))]
+    for part in chunked(rows, 2000):
+        await session.execute(insert(MessageRecipient), part)
+
+
+async def get(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
+) -> Message | None:
+    return (
+        await session.execute(
+            select(Message)
+            .where(Message.id == message_id, Message.org_id == org_id, Message.kind == kind)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+
+
+async def page(
+    session: AsyncSession, org_id: uuid.UUID, kind: str, before: uuid.UUID | None, limit: int
+) -> list[Message]:
+    query = select(Message).where(Message.org_id == org_id, Message.kind == kind)
+    if before is not None:
+        query = query.where(Message.id < before)
+    return list((await session.execute(query.order_by(Message.id.desc()).limit(limit))).scalars())
+
+
+async def lock_for_cancel(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
+) -> Message | None:
+    query = (
+        select(Message)
+        .where(Message.id == message_id, Message.org_id == org_id, Message.kind == kind)
+        .execution_options(populate_existing=True)
+    )
+    if dialect_name(session) == "postgresql":
+        # Waits for a scheduler resolving this message to finish its chunk, so cancel and
+        # resolution never interleave.
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def next_due_for_resolution(session: AsyncSession, now: dt.datetime) -> Message | None:
+    """The earliest due message whose audience is not fully resolved, locked for this caller."""
+    query = (
+        select(Message)
+        .where(Message.state.in_(_WAITING), Message.send_at <= now)
+        .order_by(Message.send_at)
+        .limit(1)
+        .execution_options(populate_existing=True)
+    )
+    if dialect_name(session) == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def next_send_at(session: AsyncSession) -> dt.datetime | None:
+    return (
+        await session.execute(select(func.min(Message.send_at)).where(Message.state.in_(_WAITING)))
+    ).scalar_one_or_none()
+
+
+async def finish_completed(session: AsyncSession, now: dt.datetime) -> int:
+    """Mark ``completed`` every sending message none of whose deliveries has work left."""
+    work_left = exists().where(
+        Delivery.message_id == Message.id,
+        Delivery.state.in_([s.value for s in ACTIVE_STATES]),
+    )
+    result = await session.execute(
+        update(Message)
+        .where(Message.state == MessageState.SENDING.value, ~work_left)
+        .values(state=MessageState.COMPLETED.value, completed_at=now)
+        .returning(Message.id)
+    )
+    return len(result.all())

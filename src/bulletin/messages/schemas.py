@@ -1,0 +1,128 @@
+"""Request and response bodies of announcements and notifications."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from bulletin.recipients.schemas import CategoryName, ExternalId, GroupName
+
+Channel = Literal["whatsapp", "email", "sms"]
+Routing = Literal["first", "all"]
+DEFAULT_CHANNELS: list[Channel] = ["whatsapp", "email", "sms"]
+
+
+def _unique_channels(channels: list[Channel]) -> list[Channel]:
+    if len(set(channels)) != len(channels):
+        raise ValueError("each channel may be named once")
+    return channels
+
+
+Channels = Annotated[list[Channel], Field(min_length=1), AfterValidator(_unique_channels)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Audience(_Strict):
+    """Who an announcement goes to: exactly one of everyone, groups, or named recipients."""
+
+    all: Literal[True] | None = Field(default=None, description="Every active recipient.")
+    groups: list[GroupName] | None = Field(
+        default=None, min_length=1, max_length=1000, description="Members of any of these groups."
+    )
+    recipients: list[ExternalId] | None = Field(
+        default=None, min_length=1, max_length=100_000, description="These recipients."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Audience:
+        given = [name for name in ("all", "groups", "recipients") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'all': true, 'groups' or 'recipients'")
+        return self
+
+
+class _MessageIn(_Strict):
+    title: str = Field(min_length=1, max_length=500)
+    body: str = Field(min_length=1, max_length=20_000)
+    channels: Channels = Field(
+        default_factory=lambda: list(DEFAULT_CHANNELS),
+        description="Channels in order of preference.",
+    )
+    routing: Routing = Field(
+        default="first",
+        description="'first': each person once, on the first usable channel. 'all': every one.",
+    )
+    category: CategoryName | None = Field(
+        default=None, description="Recipients can opt out of a category."
+    )
+    send_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with an offset. Absent means now."
+    )
+    urgent: bool = Field(default=False, description="Send even in the recipient's quiet hours.")
+
+
+class AnnouncementIn(_MessageIn):
+    audience: Audience
+
+
+class NotificationIn(_MessageIn):
+    recipient: ExternalId
+
+
+DeliveryCounts = dict[str, int]
+
+
+class Message(BaseModel):
+    id: uuid.UUID
+    kind: Literal["announcement", "notification"]
+    state: Literal["scheduled", "resolving", "sending", "completed", "cancelled"]
+    title: str
+    body: str
+    channels: list[str]
+    routing: str
+    category: str | None
+    urgent: bool
+    send_at: dt.datetime
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+    audience_size: int | None = Field(description="Recipients resolved so far.")
+
+
+class Announcement(Message):
+    audience: Audience
+    deliveries: DeliveryCounts | None = Field(
+        default=None, description="Deliveries per state (on the single-announcement view)."
+    )
+
+
+class Notification(Message):
+    recipient: str
+    deliveries: list[DeliveryBrief] | None = None
+
+
+class DeliveryBrief(BaseModel):
+    id: int
+    channel: str
+    state: str
+    reason: str | None
+
+
+class AnnouncementPage(BaseModel):
+    items: list[Announcement]
+    next_cursor: str | None
+
+
+class CancelResult(BaseModel):
+    message: Announcement | Notification
+    cancelled: int = Field(description="Deliveries that will now never start.")
+    in_flight: int = Field(
+        description="Sends that had already started and were still running when this answered."
+    )

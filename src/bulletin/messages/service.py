@@ -1,0 +1,223 @@
+"""Message use cases: create an announcement or a notification, read them, cancel them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import repository as deliveries
+from bulletin.deliveries.states import MessageState
+from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
+from bulletin.ids import decode_cursor, encode_cursor, uuid7
+from bulletin.messages import repository, schemas
+from bulletin.messages.models import Message
+from bulletin.recipients import repository as recipients
+
+ANNOUNCEMENT = "announcement"
+NOTIFICATION = "notification"
+_FINISHED = (MessageState.COMPLETED.value, MessageState.CANCELLED.value)
+_MAX_LISTED_UNKNOWN = 100
+
+
+async def _known_recipients(
+    session: AsyncSession, org_id: uuid.UUID, external_ids: list[str], loc: tuple[str, ...]
+) -> list[int]:
+    wanted = list(dict.fromkeys(external_ids))
+    found = await recipients.existing_external_ids(session, org_id, wanted)
+    missing = [(i, e) for i, e in enumerate(external_ids) if e not in found]
+    if missing:
+        listed = [
+            FieldError(
+                (*loc, i) if len(external_ids) > 1 else loc, f"no recipient {e!r}", "unknown"
+            )
+            for i, e in missing[:_MAX_LISTED_UNKNOWN]
+        ]
+        raise InvalidRequest(
+            f"{len(missing)} recipient(s) named in the request do not exist; add them first.",
+            listed,
+        )
+    return list(found.values())
+
+
+def _new_message(
+    org_id: uuid.UUID,
+    kind: str,
+    body: schemas.AnnouncementIn | schemas.NotificationIn,
+    audience: dict[str, object],
+    now: dt.datetime,
+) -> Message:
+    return Message(
+        id=uuid7(),
+        org_id=org_id,
+        kind=kind,
+        title=body.title,
+        body=body.body,
+        audience=audience,
+        channels=list(body.channels),
+        routing=body.routing,
+        category=body.category,
+        urgent=body.urgent,
+        send_at=body.send_at.astimezone(dt.UTC) if body.send_at else now,
+        state=MessageState.SCHEDULED.value,
+        resolve_cursor=0,
+        created_at=now,
+    )
+
+
+async def create_announcement(
+    session: AsyncSession, org_id: uuid.UUID, body: schemas.AnnouncementIn
+) -> Message:
+    """Accept an announcement; its audience is resolved when it falls due."""
+    named: list[int] = []
+    if body.audience.recipients:
+        named = await _known_recipients(
+            session, org_id, body.audience.recipients, ("body", "audience", "recipients")
+        )
+    audience = body.audience.model_dump(exclude_none=True)
+    message = _new_message(org_id, ANNOUNCEMENT, body, audience, utcnow())
+    session.add(message)
+    await session.flush()
+    if named:
+        await repository.add_recipients(session, message.id, named)
+    return message
+
+
+async def create_notification(
+    session: AsyncSession, org_id: uuid.UUID, body: schemas.NotificationIn
+) -> Message:
+    named = await _known_recipients(session, org_id, [body.recipient], ("body", "recipient"))
+    message = _new_message(org_id, NOTIFICATION, body, {"recipients": [body.recipient]}, utcnow())
+    session.add(message)
+    await session.flush()
+    await repository.add_recipients(session, message.id, named)
+    return message
+
+
+def _common(message: Message) -> dict[str, object]:
+    return {
+        "id": message.id,
+        "kind": message.kind,
+        "state": message.state,
+        "title": message.title,
+        "body": message.body,
+        "channels": message.channels,
+        "routing": message.routing,
+        "category": message.category,
+        "urgent": message.urgent,
+        "send_at": message.send_at,
+        "created_at": message.created_at,
+        "resolved_at": message.resolved_at,
+        "completed_at": message.completed_at,
+        "cancelled_at": message.cancelled_at,
+        "audience_size": message.audience_size,
+    }
+
+
+def as_announcement(message: Message, counts: dict[str, int] | None = None) -> schemas.Announcement:
+    return schemas.Announcement.model_validate(
+        {**_common(message), "audience": message.audience, "deliveries": counts}
+    )
+
+
+def as_notification(
+    message: Message, briefs: list[schemas.DeliveryBrief] | None = None
+) -> schemas.Notification:
+    return schemas.Notification.model_validate(
+        {**_common(message), "recipient": message.audience["recipients"][0], "deliveries": briefs}
+    )
+
+
+async def require(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
+) -> Message:
+    message = await repository.get(session, org_id, message_id, kind)
+    if message is None:
+        raise NotFound(f"There is no {kind} {message_id}.")
+    return message
+
+
+async def announcement(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID
+) -> schemas.Announcement:
+    message = await require(session, org_id, message_id, ANNOUNCEMENT)
+    return as_announcement(message, await deliveries.count_by_state(session, message.id))
+
+
+async def notification(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID
+) -> schemas.Notification:
+    message = await require(session, org_id, message_id, NOTIFICATION)
+    rows = await deliveries.page_for_message(
+        session, message.id, state=None, after_id=None, limit=10
+    )
+    briefs = [
+        schemas.DeliveryBrief(id=d.id, channel=d.channel, state=d.state, reason=d.reason)
+        for d, _ in rows
+    ]
+    return as_notification(message, briefs)
+
+
+async def page_announcements(
+    session: AsyncSession, org_id: uuid.UUID, cursor: str | None, limit: int
+) -> schemas.AnnouncementPage:
+    before = None
+    if cursor:
+        try:
+            before = uuid.UUID(str(decode_cursor(cursor, str)))
+        except ValueError as exc:
+            raise InvalidRequest(
+                "The cursor is not one this server gave out.",
+                [FieldError(("query", "cursor"), "not a valid cursor", "cursor_invalid")],
+            ) from exc
+    found = await repository.page(session, org_id, ANNOUNCEMENT, before, limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    return schemas.AnnouncementPage(
+        items=[as_announcement(m) for m in found],
+        next_cursor=encode_cursor(str(found[-1].id)) if more else None,
+    )
+
+
+async def cancel(
+    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
+) -> tuple[Message, int]:
+    """Cancel a message: no delivery of it starts once this commits (G5).
+
+    Returns the message and how many deliveries were cancelled. A message whose every
+    delivery is already settled cannot be cancelled (409).
+    """
+    message = await repository.lock_for_cancel(session, org_id, message_id, kind)
+    if message is None:
+        raise NotFound(f"There is no {kind} {message_id}.")
+    counts = await deliveries.count_by_state(session, message.id)
+    nothing_left = message.state == MessageState.SENDING.value and not (
+        counts["pending"] or counts["sending"]
+    )
+    if message.state in _FINISHED or nothing_left:
+        state = "cancelled" if message.state == MessageState.CANCELLED.value else "finished"
+        raise Conflict(f"The {kind} is already {state}; there is nothing left to cancel.")
+    now = utcnow()
+    message.state = MessageState.CANCELLED.value
+    message.cancelled_at = now
+    cancelled = await deliveries.cancel_pending(session, message.id, now)
+    await session.flush()
+    return message, cancelled
+
+
+async def wait_for_in_flight(db: Database, message_id: uuid.UUID, timeout: float) -> int:
+    """Wait until sends of the message that had started before a cancel have ended.
+
+    Returns how many are still running when ``timeout`` seconds have passed (normally 0).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        async with db.read() as session:
+            running = await deliveries.count_in_flight(session, message_id)
+        if running == 0 or time.monotonic() >= deadline:
+            return running
+        await asyncio.sleep(0.05)

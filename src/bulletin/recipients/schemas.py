@@ -1,0 +1,126 @@
+"""Request and response bodies of the recipients API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from bulletin.recipients import validation
+
+GroupName = Annotated[str, AfterValidator(validation.check_group)]
+CategoryName = Annotated[str, AfterValidator(validation.check_category)]
+ExternalId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/]+$")]
+ClockTime = Annotated[str, AfterValidator(validation.check_clock)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipientFields(_Strict):
+    """A recipient as the organization describes them. Phone numbers are normalized to E.164."""
+
+    name: str | None = Field(default=None, max_length=255)
+    email: (
+        Annotated[str, Field(max_length=320), AfterValidator(validation.normalize_email)] | None
+    ) = None
+    phone: str | None = Field(
+        default=None, max_length=40, description="Any format; stored as E.164."
+    )
+    whatsapp: str | None = Field(
+        default=None, max_length=40, description="WhatsApp number; defaults to the phone."
+    )
+    timezone: Annotated[str, AfterValidator(validation.check_timezone)] | None = Field(
+        default=None, description="IANA name, such as Africa/Johannesburg."
+    )
+    locale: Annotated[str, Field(max_length=35), AfterValidator(validation.check_locale)] | None = (
+        None
+    )
+    groups: list[GroupName] = Field(default_factory=list, max_length=100)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Free data, available to templates."
+    )
+
+
+class RecipientPut(RecipientFields):
+    """Body of ``PUT /v1/recipients/{external_id}``; ``external_id`` may be repeated here."""
+
+    external_id: ExternalId | None = None
+
+
+class RecipientRow(RecipientFields):
+    """One row of a batch import."""
+
+    external_id: ExternalId
+
+
+class RecipientBatch(_Strict):
+    recipients: list[dict[str, Any]] = Field(
+        min_length=1, max_length=10_000, description="Up to 10,000 recipients, as in PUT."
+    )
+
+
+class Recipient(BaseModel):
+    external_id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    whatsapp: str | None
+    timezone: str | None
+    locale: str | None
+    groups: list[str]
+    attributes: dict[str, Any]
+    active: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class RecipientPage(BaseModel):
+    items: list[Recipient]
+    next_cursor: str | None
+
+
+class BatchRowError(BaseModel):
+    index: int
+    external_id: str | None
+    errors: list[str]
+
+
+class BatchResult(BaseModel):
+    created: int
+    updated: int
+
+
+class ChannelPreferences(_Strict):
+    whatsapp: bool | None = None
+    email: bool | None = None
+    sms: bool | None = None
+
+
+class QuietHours(_Strict):
+    """A daily window, in the recipient's time zone, when only urgent messages are sent."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours need different start and end times")
+        return self
+
+
+class PreferencesIn(_Strict):
+    channels: ChannelPreferences = Field(default_factory=ChannelPreferences)
+    categories: dict[CategoryName, bool] = Field(default_factory=dict, max_length=200)
+    quiet_hours: QuietHours | None = None
+
+
+class Preferences(BaseModel):
+    """Effective preferences: a channel not chosen explicitly is on when there is an address."""
+
+    channels: dict[str, bool]
+    categories: dict[str, bool]
+    quiet_hours: QuietHours | None

@@ -1,0 +1,76 @@
+"""Normalizing what people type about recipients: phone numbers, emails, time zones, times.
+
+Each function returns the canonical form or raises ``ValueError`` with a sentence meant for the
+API caller; Pydantic and the batch importer turn those into field errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zoneinfo
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_NAME = re.compile(r"^[^\x00-\x1f]{1,100}$")
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def normalize_phone(value: str, region: str | None) -> str:
+    """E.164 form of a phone number; without ``+`` it is read in ``region``, if one is set."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        hint = "" if region else " (write it with its +country code)"
+        raise ValueError(f"{value!r} is not a phone number{hint}") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"{value!r} is not a valid phone number")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def normalize_email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not an email address: {exc}") from exc
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError(f"{value!r} is not an IANA time zone name, such as 'Africa/Johannesburg'")
+    return value
+
+
+def check_locale(value: str) -> str:
+    if not _LOCALE.match(value):
+        raise ValueError(f"{value!r} is not a locale tag, such as 'en' or 'pt-BR'")
+    return value.replace("_", "-")
+
+
+def check_clock(value: str) -> str:
+    if not _CLOCK.match(value):
+        raise ValueError(f"{value!r} is not a time of day as HH:MM (24-hour)")
+    return value
+
+
+def check_group(value: str) -> str:
+    value = value.strip()
+    if not _NAME.match(value):
+        raise ValueError("a group name is 1 to 100 printable characters")
+    return value
+
+
+def check_category(value: str) -> str:
+    if not _CATEGORY.match(value):
+        raise ValueError(
+            f"{value!r} is not a category: lower-case letters, digits, '_', '-', '.', up to 64"
+        )
+    return value

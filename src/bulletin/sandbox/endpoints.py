@@ -1,0 +1,29 @@
+"""HTTP route to read what the sandbox provider accepted."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from bulletin.api.common import Cursor, Limit
+from bulletin.api.deps import Reader, ServicesDep
+from bulletin.api.problems import responses
+from bulletin.sandbox import repository, schemas
+
+router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"], responses=responses(401, 403, 422))
+
+
+@router.get("/messages", response_model=schemas.SandboxPage)
+async def list_sandbox_messages(
+    principal: Reader,
+    svc: ServicesDep,
+    message_id: uuid.UUID | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> schemas.SandboxPage:
+    """What the sandbox provider accepted for this organization, oldest first."""
+    async with svc.db.read() as session:
+        return await repository.page(
+            session, principal.org_id, message_id=message_id, cursor=cursor, limit=limit
+        )

@@ -1,0 +1,1 @@
+"""The delivery engine: the scheduler resolves due messages, the dispatcher sends deliveries."""

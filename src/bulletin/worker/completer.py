@@ -1,0 +1,85 @@
+"""Writes the outcomes of finished sends in batches, with the fence that makes them safe.
+
+Outcomes wait a few milliseconds so that many are written by one statement. If the database
+is unreachable they are kept and written when it returns; if this process dies first, the
+deliveries' leases expire and the reaper settles them, which is the designed path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import repository
+from bulletin.deliveries.outcomes import Outcome
+
+log = structlog.get_logger("bulletin.worker")
+
+
+class Completer:
+    def __init__(self, db: Database, *, flush_seconds: float, max_batch: int = 1000) -> None:
+        self._db = db
+        self._flush_seconds = flush_seconds
+        self._max_batch = max_batch
+        self._outcomes: list[Outcome] = []
+        self._has_work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.applied = 0
+        self.fenced_out = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._idle.clear()
+        self._has_work.set()
+
+    async def run(self) -> None:
+        """Flush forever; cancel to stop (call :meth:`drain` first to write what is left)."""
+        backoff = 0.1
+        while True:
+            await self._has_work.wait()
+            if len(self._outcomes) < self._max_batch and self._flush_seconds:
+                await asyncio.sleep(self._flush_seconds)
+            try:
+                await self._flush_once()
+                backoff = 0.1
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("worker.complete_failed", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _flush_once(self) -> None:
+        batch = self._outcomes[: self._max_batch]
+        if not batch:
+            self._has_work.clear()
+            self._idle.set()
+            return
+        async with self._db.transaction() as session:
+            applied = await repository.complete(session, batch, utcnow())
+        del self._outcomes[: len(batch)]
+        self.applied += len(applied)
+        if len(applied) != len(batch):
+            stale = {o.delivery_id for o in batch} - {o.delivery_id for o in applied}
+            self.fenced_out += len(stale)
+            log.info("worker.completion_fenced_out", deliveries=sorted(stale))
+        if not self._outcomes:
+            self._has_work.clear()
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Write everything queued, trying until ``timeout``; true when nothing is left."""
+        deadline = time.monotonic() + timeout
+        while self._outcomes and time.monotonic() < deadline:
+            try:
+                await self._flush_once()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("worker.complete_failed", error=str(exc))
+                await asyncio.sleep(0.2)
+        return not self._outcomes
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

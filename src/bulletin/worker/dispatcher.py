@@ -1,0 +1,417 @@
+"""The dispatcher: claims due deliveries, decides each one, sends, and records the outcome.
+
+One dispatcher runs per worker process and keeps up to ``max_in_flight`` provider calls going
+at once. Its loop, readable in one sitting:
+
+1. claim a batch of due deliveries (never more than there are free send slots);
+2. for each, :func:`~bulletin.worker.policy.decide`: suppress, defer to the end of quiet
+   hours, or send;
+3. each send runs as its own task, bounded by the send timeout and only started while the
+   lease has room for it;
+4. outcomes go to the :class:`~bulletin.worker.completer.Completer`, which writes them in
+   batches behind the fence.
+
+On stop it claims nothing more, lets in-flight sends finish within the grace period, hands
+back (``pending``) claimed deliveries whose send had not started, and applies the channel's
+in-doubt policy to sends cut off by the end of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections import OrderedDict
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from bulletin.channels.base import OutboundMessage
+from bulletin.channels.registry import ChannelRegistry
+from bulletin.config import Settings
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import repository
+from bulletin.deliveries.outcomes import Outcome, SuppressAddress
+from bulletin.deliveries.repository import ClaimedRow
+from bulletin.deliveries.states import DeliveryState
+from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from bulletin.messages.models import Message
+from bulletin.recipients.models import Recipient
+from bulletin.worker import policy
+from bulletin.worker.completer import Completer
+from bulletin.worker.policy import MessageFacts, RetryPolicy, Send, Suppress
+from bulletin.worker.signals import Wakeup
+
+log = structlog.get_logger("bulletin.worker")
+
+# A send is started only if the lease still has this much room beyond the send timeout.
+_LEASE_MARGIN_SECONDS = 2.0
+
+
+class MessageCache:
+    """Message content by id. Content never changes after creation, so caching is safe."""
+
+    def __init__(self, db: Database, size: int = 10_000) -> None:
+        self._db = db
+        self._size = size
+        self._items: OrderedDict[uuid.UUID, MessageFacts] = OrderedDict()
+
+    async def get_many(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, MessageFacts]:
+        missing = [i for i in ids if i not in self._items]
+        if missing:
+            async with self._db.read() as session:
+                rows = await session.execute(select(Message).where(Message.id.in_(missing)))
+                for m in rows.scalars():
+                    self._items[m.id] = MessageFacts(
+                        id=m.id,
+                        org_id=m.org_id,
+                        title=m.title,
+                        body=m.body,
+                        channels=tuple(m.channels),
+                        routing=m.routing,
+                        category=m.category,
+                        urgent=m.urgent,
+                    )
+        found = {}
+        for i in ids:
+            self._items.move_to_end(i)
+            found[i] = self._items[i]
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return found
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        registry: ChannelRegistry,
+        settings: Settings,
+        wakeup: Wakeup,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._wakeup = wakeup
+        self._retry = RetryPolicy(
+            settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+        self.completer = Completer(db, flush_seconds=settings.completion_flush_ms / 1000)
+        self._messages = MessageCache(db)
+        self._sends: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Dispatch until ``stopping`` is set, then shut down gracefully."""
+        completer = asyncio.create_task(self.completer.run(), name="completer")
+        backoff = 0.1
+        try:
+            while not stopping.is_set():
+                free = self._settings.max_in_flight - len(self._sends)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._sleep_until(self._slot_freed, stopping, 1.0)
+                    continue
+                try:
+                    claimed = await self._claim_and_dispatch(
+                        min(free, self._settings.claim_batch_size)
+                    )
+                    backoff = 0.1
+                except (SQLAlchemyError, OSError) as exc:
+                    log.warning("worker.claim_failed", error=str(exc), retry_in=backoff)
+                    await self._wakeup.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if claimed == 0:
+                    await self._idle()
+        finally:
+            await self._shutdown(completer)
+
+    async def _sleep_until(
+        self, event: asyncio.Event, stopping: asyncio.Event, timeout: float
+    ) -> None:
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _idle(self) -> None:
+        """Sleep until poked, the next delivery falls due, or the poll interval passes."""
+        timeout = self._settings.idle_poll_seconds
+        try:
+            async with self._db.read() as session:
+                due = await repository.next_due(session)
+        except (SQLAlchemyError, OSError):
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
+        await self._wakeup.wait(timeout)
+
+    async def _shutdown(self, completer: asyncio.Task[None]) -> None:
+        self._stopping.set()
+        if self._sends:
+            log.info("worker.draining", in_flight=len(self._sends))
+            _done, late = await asyncio.wait(
+                self._sends, timeout=self._settings.shutdown_grace_seconds
+            )
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        if not await self.completer.drain(timeout=10.0):
+            log.warning("worker.outcomes_unsaved", note="leases will expire and be settled")
+        completer.cancel()
+        await asyncio.gather(completer, return_exceptions=True)
+
+    # --- claim and decide -------------------------------------------------------------------
+
+    async def _claim_and_dispatch(self, limit: int) -> int:
+        now = utcnow()
+        lease = dt.timedelta(seconds=self._settings.lease_seconds)
+        lease_deadline = time.monotonic() + self._settings.lease_seconds
+        async with self._db.transaction() as session:
+            rows = await repository.claim(session, now, now + lease, limit)
+            if not rows:
+                return 0
+            recipients = await repository.recipients_by_id(session, [r.recipient_id for r in rows])
+            addresses = {
+                a
+                for r in recipients.values()
+                for a in (r.whatsapp, r.email, r.phone)
+                if a is not None
+            }
+            suppressed = await repository.suppressed_addresses(
+                session, {r.org_id for r in rows}, addresses
+            )
+        messages = await self._messages.get_many({r.message_id for r in rows})
+        for row in rows:
+            decision = await self._decide(row, recipients[row.recipient_id], messages, suppressed)
+            if isinstance(decision, Send):
+                self._start_send(
+                    row,
+                    recipients[row.recipient_id],
+                    messages[row.message_id],
+                    decision,
+                    lease_deadline,
+                )
+            elif isinstance(decision, Suppress):
+                self.completer.add(
+                    Outcome(
+                        row.id,
+                        row.attempt,
+                        DeliveryState.SUPPRESSED,
+                        detail=decision.reason,
+                        gave_back=True,
+                    )
+                )
+            else:
+                self.completer.add(
+                    Outcome(
+                        row.id,
+                        row.attempt,
+                        DeliveryState.PENDING,
+                        detail=decision.reason,
+                        next_attempt_at=decision.until,
+                        gave_back=True,
+                    )
+                )
+        return len(rows)
+
+    async def _decide(
+        self,
+        row: ClaimedRow,
+        recipient: Recipient,
+        messages: dict[uuid.UUID, MessageFacts],
+        suppressed: set[tuple[uuid.UUID, str, str]],
+    ) -> policy.Decision:
+        message = messages[row.message_id]
+
+        def is_suppressed(channel: str, address: str) -> bool:
+            return (row.org_id, channel, address) in suppressed
+
+        def decide(taken: frozenset[str]) -> policy.Decision:
+            return policy.decide(
+                channel=row.channel,
+                message=message,
+                recipient=recipient,
+                is_suppressed=is_suppressed,
+                taken=taken,
+                now=utcnow(),
+                default_timezone=self._settings.default_timezone,
+            )
+
+        decision = decide(frozenset())
+        if isinstance(decision, Send) and decision.channel != row.channel:
+            # Re-routing: skip channels this person already has a delivery on for this message.
+            async with self._db.read() as session:
+                siblings = await repository.sibling_channels(
+                    session, row.message_id, row.recipient_id
+                )
+            decision = decide(frozenset(siblings - {row.channel}))
+        return decision
+
+    # --- send -------------------------------------------------------------------------------
+
+    def _start_send(
+        self,
+        row: ClaimedRow,
+        recipient: Recipient,
+        message: MessageFacts,
+        send: Send,
+        lease_deadline: float,
+    ) -> None:
+        outbound = OutboundMessage(
+            delivery_id=row.id,
+            attempt=row.attempt,
+            org_id=row.org_id,
+            message_id=row.message_id,
+            channel=send.channel,
+            address=send.address,
+            recipient_external_id=recipient.external_id,
+            recipient_name=recipient.name,
+            locale=recipient.locale,
+            title=message.title,
+            body=message.body,
+            category=message.category,
+        )
+        rerouted = send.channel if send.channel != row.channel else None
+        task = asyncio.create_task(self._send(row, outbound, rerouted, lease_deadline))
+        self._sends.add(task)
+        task.add_done_callback(self._send_finished)
+
+    def _send_finished(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker.send_task_crashed", error=repr(task.exception()))
+
+    async def _send(
+        self,
+        row: ClaimedRow,
+        outbound: OutboundMessage,
+        rerouted: str | None,
+        lease_deadline: float,
+    ) -> None:
+        provider = self._registry.provider_for(row.org_id, outbound.channel)
+        timeout = self._settings.send_timeout_seconds
+        room = lease_deadline - time.monotonic()
+        if self._stopping.is_set() or room < timeout + _LEASE_MARGIN_SECONDS:
+            # Not started, so nothing is in doubt: hand it back for a worker with time.
+            why = "worker stopping" if self._stopping.is_set() else "lease too short to send"
+            self.completer.add(
+                Outcome(
+                    row.id,
+                    row.attempt,
+                    DeliveryState.PENDING,
+                    detail=f"released: {why}",
+                    next_attempt_at=utcnow(),
+                    gave_back=True,
+                )
+            )
+            return
+        log_ = log.bind(
+            delivery_id=row.id, message_id=str(row.message_id), channel=outbound.channel
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                accepted = await provider.send(outbound)
+        except TransientSendError as exc:
+            retry_at = self._retry.after_transient(
+                row.send_attempts, utcnow(), retry_after=exc.retry_after
+            )
+            log_.info("worker.send_transient", error=exc.detail, retry_at=str(retry_at))
+            if retry_at is None:
+                outcome = Outcome(
+                    row.id,
+                    row.attempt,
+                    DeliveryState.FAILED,
+                    channel=rerouted,
+                    detail=f"gave up after {row.send_attempts} attempts: {exc.detail}",
+                )
+            else:
+                outcome = Outcome(
+                    row.id,
+                    row.attempt,
+                    DeliveryState.PENDING,
+                    channel=rerouted,
+                    detail=f"will retry: {exc.detail}",
+                    next_attempt_at=retry_at,
+                )
+        except PermanentSendError as exc:
+            log_.info("worker.send_failed", error=exc.detail)
+            suppress = (
+                SuppressAddress(row.org_id, outbound.channel, outbound.address)
+                if exc.suppress_address
+                else None
+            )
+            outcome = Outcome(
+                row.id,
+                row.attempt,
+                DeliveryState.FAILED,
+                detail=exc.detail,
+                channel=rerouted,
+                suppress=suppress,
+            )
+        except (InDoubtSendError, TimeoutError) as exc:
+            why = (
+                exc.detail
+                if isinstance(exc, InDoubtSendError)
+                else "the provider did not answer in time"
+            )
+            log_.warning("worker.send_in_doubt", error=why)
+            outcome = policy.in_doubt(
+                delivery_id=row.id,
+                attempt=row.attempt,
+                send_attempts=row.send_attempts,
+                deduplicates=provider.deduplicates,
+                policy=self._retry,
+                now=utcnow(),
+                why=why,
+                channel=rerouted,
+            )
+        except asyncio.CancelledError:
+            # Cut off at the end of the shutdown grace period, mid-call.
+            self.completer.add(
+                policy.in_doubt(
+                    delivery_id=row.id,
+                    attempt=row.attempt,
+                    send_attempts=row.send_attempts,
+                    deduplicates=provider.deduplicates,
+                    policy=self._retry,
+                    now=utcnow(),
+                    why="send interrupted by shutdown",
+                    channel=rerouted,
+                )
+            )
+            raise
+        except Exception as exc:
+            # A defect in a provider adapter. Whether the message left is unknowable.
+            log_.exception("worker.provider_error")
+            outcome = policy.in_doubt(
+                delivery_id=row.id,
+                attempt=row.attempt,
+                send_attempts=row.send_attempts,
+                deduplicates=provider.deduplicates,
+                policy=self._retry,
+                now=utcnow(),
+                why=f"provider error {type(exc).__name__}: {exc}",
+                channel=rerouted,
+            )
+        else:
+            outcome = Outcome(
+                row.id,
+                row.attempt,
+                DeliveryState.SENT,
+                channel=rerouted,
+                detail=f"accepted by {provider.name}",
+                provider=provider.name,
+                provider_message_id=accepted.provider_message_id,
+            )
+        self.completer.add(outcome)

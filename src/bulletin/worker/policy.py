@@ -1,0 +1,221 @@
+"""Decisions the engine makes about one delivery, as pure functions of their inputs.
+
+* :func:`decide` runs at dispatch: is the person still reachable on this channel, have they
+  opted out, is it their quiet time? It answers :class:`Send`, :class:`Suppress` or
+  :class:`Defer`.
+* :func:`after_transient` is the retry policy: when to try again, or that it is over.
+* :func:`in_doubt` applies a channel's in-doubt policy to a send whose outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.states import DeliveryState
+from bulletin.recipients.models import Recipient
+
+_NOUN = {"whatsapp": "WhatsApp number", "email": "email address", "sms": "phone number"}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """The parts of a message that dispatch and sending need; messages never change them."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    title: str
+    body: str
+    channels: tuple[str, ...]
+    routing: str
+    category: str | None
+    urgent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    channel: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suppress:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    until: dt.datetime
+    reason: str
+
+
+Decision = Send | Suppress | Defer
+
+
+def address_of(recipient: Recipient, channel: str) -> str | None:
+    return {"whatsapp": recipient.whatsapp, "email": recipient.email, "sms": recipient.phone}.get(
+        channel
+    )
+
+
+def _explicit_choice(recipient: Recipient, channel: str) -> bool | None:
+    return {
+        "whatsapp": recipient.pref_whatsapp,
+        "email": recipient.pref_email,
+        "sms": recipient.pref_sms,
+    }.get(channel)
+
+
+def _unusable(
+    recipient: Recipient, channel: str, is_suppressed: Callable[[str, str], bool]
+) -> str | None:
+    """Why the recipient cannot be reached on ``channel``, or ``None`` when they can."""
+    address = address_of(recipient, channel)
+    if address is None:
+        return f"no {_NOUN.get(channel, channel + ' address')}"
+    if _explicit_choice(recipient, channel) is False:
+        return f"{channel} turned off by the recipient"
+    if is_suppressed(channel, address):
+        return f"{_NOUN[channel]} is on the suppression list"
+    return None
+
+
+def decide(
+    *,
+    channel: str,
+    message: MessageFacts,
+    recipient: Recipient,
+    is_suppressed: Callable[[str, str], bool],
+    taken: frozenset[str],
+    now: dt.datetime,
+    default_timezone: str,
+) -> Decision:
+    """What to do with a claimed delivery of ``message`` to ``recipient`` on ``channel``.
+
+    With ``routing: "first"`` a channel that has become unusable since the audience was
+    resolved gives way to the next usable one in the message's order, skipping ``taken``
+    (channels this person already has a delivery on for this message).
+    """
+    if not recipient.active:
+        return Suppress("recipient deactivated")
+    if message.category and recipient.categories.get(message.category) is False:
+        return Suppress(f"opted out of category {message.category!r}")
+    why_not = _unusable(recipient, channel, is_suppressed)
+    if why_not is not None:
+        if message.routing != "first":
+            return Suppress(why_not)
+        reasons = {channel: why_not}
+        for other in message.channels:
+            if other == channel or other in taken:
+                continue
+            other_why = _unusable(recipient, other, is_suppressed)
+            if other_why is None:
+                channel = other
+                break
+            reasons[other] = other_why
+        else:
+            detail = "; ".join(f"{c}: {r}" for c, r in reasons.items())
+            return Suppress(f"no usable channel ({detail})")
+    address = address_of(recipient, channel)
+    assert address is not None
+    if not message.urgent and recipient.quiet_start and recipient.quiet_end:
+        zone = recipient.timezone or default_timezone
+        until = quiet_until(now, zone, recipient.quiet_start, recipient.quiet_end)
+        if until is not None:
+            return Defer(until, f"quiet hours until {recipient.quiet_end} {zone}")
+    return Send(channel, address)
+
+
+def _clock(value: str) -> dt.time:
+    hours, minutes = value.split(":")
+    return dt.time(int(hours), int(minutes))
+
+
+def quiet_until(now: dt.datetime, zone: str, start: str, end: str) -> dt.datetime | None:
+    """When the quiet hours that contain ``now`` end (UTC), or ``None`` outside them.
+
+    The window is in the recipient's local time and may cross midnight (21:00 to 08:00).
+    """
+    tz = ZoneInfo(zone)
+    local = now.astimezone(tz)
+    begins, ends, moment = _clock(start), _clock(end), local.time().replace(tzinfo=None)
+    if begins < ends:
+        inside = begins <= moment < ends
+        end_day = local.date()
+    else:
+        inside = moment >= begins or moment < ends
+        end_day = local.date() + dt.timedelta(days=1) if moment >= begins else local.date()
+    if not inside:
+        return None
+    until = dt.datetime.combine(end_day, ends, tzinfo=tz).astimezone(dt.UTC)
+    return until if until > now else None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+    def after_transient(
+        self,
+        send_attempts: int,
+        now: dt.datetime,
+        *,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+    ) -> dt.datetime | None:
+        """When to try again after the ``send_attempts``-th attempt failed, or ``None``: over.
+
+        Exponential backoff with jitter (half fixed, half random, so retries of many
+        deliveries spread out but none comes back too soon), never sooner than the
+        provider's ``Retry-After``.
+        """
+        if send_attempts >= self.max_attempts:
+            return None
+        delay = min(self.max_seconds, self.base_seconds * 2 ** max(0, send_attempts - 1))
+        delay = delay / 2 + (rng or random).uniform(0, delay / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return now + dt.timedelta(seconds=delay)
+
+
+def in_doubt(
+    *,
+    delivery_id: int,
+    attempt: int,
+    send_attempts: int,
+    deduplicates: bool,
+    policy: RetryPolicy,
+    now: dt.datetime,
+    why: str,
+    channel: str | None = None,
+) -> Outcome:
+    """The outcome of a send that may or may not have reached the provider.
+
+    Only a provider that recognises a repeated delivery id may be tried again; for any other,
+    the delivery becomes ``unknown`` and is never resent automatically.
+    """
+    if deduplicates:
+        retry_at = policy.after_transient(send_attempts, now)
+        if retry_at is not None:
+            return Outcome(
+                delivery_id,
+                attempt,
+                DeliveryState.PENDING,
+                detail=f"{why}; the provider deduplicates, so it will be sent again",
+                next_attempt_at=retry_at,
+                channel=channel,
+            )
+    return Outcome(
+        delivery_id,
+        attempt,
+        DeliveryState.UNKNOWN,
+        detail=f"{why}; the provider may or may not have it, so it is not resent",
+        channel=channel,
+    )

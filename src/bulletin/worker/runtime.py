@@ -1,0 +1,76 @@
+"""The delivery engine of one process: dispatcher, scheduler and wake-up plumbing together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from bulletin.channels.registry import ChannelRegistry
+from bulletin.config import Settings
+from bulletin.db import Database
+from bulletin.worker.dispatcher import Dispatcher
+from bulletin.worker.scheduler import Scheduler
+from bulletin.worker.signals import Hub, Listener, Notifier
+
+log = structlog.get_logger("bulletin.worker")
+
+
+class Engine:
+    """Starts and stops the loops a worker process runs."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        registry: ChannelRegistry,
+        hub: Hub,
+        notifier: Notifier,
+        *,
+        dispatch: bool = True,
+        schedule: bool = True,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.hub = hub
+        self.notifier = notifier
+        self.dispatcher = Dispatcher(db, registry, settings, hub.subscribe()) if dispatch else None
+        self.scheduler = (
+            Scheduler(db, registry, settings, hub.subscribe(), notifier) if schedule else None
+        )
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._helpers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.registry.start()
+        if self.db.is_postgres:
+            listener = Listener(self.db, self.hub)
+            self._helpers.append(asyncio.create_task(listener.run(), name="listener"))
+        if self.dispatcher is not None:
+            self._loops.append(
+                asyncio.create_task(self.dispatcher.run(self._stopping), name="dispatcher")
+            )
+        if self.scheduler is not None:
+            self._loops.append(
+                asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler")
+            )
+        log.info(
+            "worker.started",
+            dispatch=self.dispatcher is not None,
+            schedule=self.scheduler is not None,
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight sends finish (grace period), write their outcomes."""
+        self._stopping.set()
+        self.hub.poke_all()
+        if self._loops:
+            await asyncio.gather(*self._loops, return_exceptions=True)
+        for task in self._helpers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.registry.close()
+        log.info("worker.stopped")

@@ -1,0 +1,125 @@
+"""The scheduler: turns due messages into deliveries, settles expired leases, closes messages.
+
+Any number of schedulers may run (one per worker process is normal). On PostgreSQL they
+share the work through row locks taken with SKIP LOCKED; on SQLite writers take turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from bulletin.channels.registry import ChannelRegistry
+from bulletin.config import Settings
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import repository as deliveries
+from bulletin.deliveries.states import MessageState
+from bulletin.messages import repository as messages
+from bulletin.worker import policy
+from bulletin.worker.policy import RetryPolicy
+from bulletin.worker.signals import Notifier, Wakeup
+
+log = structlog.get_logger("bulletin.scheduler")
+
+_REAP_BATCH = 500
+
+
+class Scheduler:
+    def __init__(
+        self,
+        db: Database,
+        registry: ChannelRegistry,
+        settings: Settings,
+        wakeup: Wakeup,
+        notifier: Notifier,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._wakeup = wakeup
+        self._notifier = notifier
+        self._retry = RetryPolicy(
+            settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stopping.is_set():
+            try:
+                await self.tick()
+                backoff = 0.1
+                timeout = await self._until_next_due()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("scheduler.tick_failed", error=str(exc), retry_in=backoff)
+                timeout = backoff
+                backoff = min(backoff * 2, 5.0)
+            if not stopping.is_set():
+                await self._wakeup.wait(timeout)
+
+    async def tick(self) -> None:
+        """One round of every duty; public so that tests can drive the scheduler step by step."""
+        if await self.resolve_due() or await self.reap_expired():
+            self._notifier.work_available()
+        await self.finish_messages()
+
+    async def resolve_due(self) -> int:
+        """Resolve due audiences, one chunk per transaction; returns recipients resolved."""
+        total = 0
+        while True:
+            async with self._db.transaction() as session:
+                now = utcnow()
+                message = await messages.next_due_for_resolution(session, now)
+                if message is None:
+                    return total
+                count, exhausted = await deliveries.resolve_chunk(
+                    session, message, self._settings.resolve_chunk_size
+                )
+                message.state = MessageState.RESOLVING.value
+                if exhausted:
+                    message.state = MessageState.SENDING.value
+                    message.resolved_at = now
+            total += count
+            if count:
+                self._notifier.work_available()
+            if exhausted:
+                log.info(
+                    "scheduler.message_resolved",
+                    message_id=str(message.id),
+                    recipients=message.audience_size,
+                )
+
+    async def reap_expired(self) -> int:
+        """Apply the in-doubt policy to sends whose lease ran out; returns how many."""
+        async with self._db.transaction() as session:
+            now = utcnow()
+            rows = await deliveries.expired_leases(session, now, _REAP_BATCH)
+            outcomes = [
+                policy.in_doubt(
+                    delivery_id=row.id,
+                    attempt=row.attempt,
+                    send_attempts=row.send_attempts,
+                    deduplicates=self._registry.provider_for(row.org_id, row.channel).deduplicates,
+                    policy=self._retry,
+                    now=now,
+                    why="the worker's lease expired during the send",
+                )
+                for row in rows
+            ]
+            applied = await deliveries.complete(session, outcomes, now)
+        if applied:
+            log.warning("scheduler.leases_expired", deliveries=[o.delivery_id for o in applied])
+        return len(applied)
+
+    async def finish_messages(self) -> int:
+        async with self._db.transaction() as session:
+            return await messages.finish_completed(session, utcnow())
+
+    async def _until_next_due(self) -> float:
+        timeout = self._settings.idle_poll_seconds
+        async with self._db.read() as session:
+            send_at = await messages.next_send_at(session)
+        if send_at is not None:
+            timeout = min(timeout, max(0.0, (send_at - utcnow()).total_seconds()))
+        return timeout
