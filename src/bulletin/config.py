@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./bulletin.db"
@@ -93,6 +93,17 @@ class Settings(BaseSettings):
         default=None,
         description="ISO country used to read phone numbers written without +country code.",
     )
+
+    @model_validator(mode="after")
+    def _lease_has_room(self) -> Settings:
+        # A worker starts a send only if the lease outlasts the send timeout by a margin;
+        # otherwise every claim would be handed back unsent, forever.
+        if self.lease_seconds < self.send_timeout_seconds + 5:
+            raise ValueError(
+                "lease_seconds must be at least send_timeout_seconds + 5, so that a send "
+                "always ends well inside the lease"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -438,7 +438,7 @@ async def count_by_state(session: AsyncSession, message_id: uuid.UUID) -> dict[s
         .group_by(Delivery.state)
     )
     counts = {state.value: 0 for state in DeliveryState}
-    counts.update({state: n for state, n in rows.tuples()})
+    counts.update({state: n for state, n in rows})
     return counts
 
 
@@ -522,4 +522,4 @@ async def page_for_message(
     if after_id is not None:
         query = query.where(Delivery.id > after_id)
     rows = await session.execute(query.order_by(Delivery.id).limit(limit))
-    return [(d, external_id) for d, external_id in rows.tuples()]
+    return [(d, external_id) for d, external_id in rows]

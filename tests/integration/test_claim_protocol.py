@@ -1,0 +1,237 @@
+"""The claim protocol of ARCHITECTURE.md, exercised on the real repository and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy import select, update
+
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import repository
+from bulletin.deliveries.models import Delivery, DeliveryEvent
+from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.states import DeliveryState
+from bulletin.messages.models import Message
+from factories import add_people, announce, deliveries_of, new_org, person
+
+LEASE = dt.timedelta(seconds=30)
+
+
+async def _resolve_all(db: Database, message: Message, chunk: int = 1000) -> None:
+    while True:
+        async with db.transaction() as session:
+            fresh = await session.get(Message, message.id)
+            assert fresh is not None
+            _, done = await repository.resolve_chunk(session, fresh, chunk)
+        if done:
+            return
+
+
+async def _claim(db: Database, limit: int = 100) -> list[repository.ClaimedRow]:
+    now = utcnow()
+    async with db.transaction() as session:
+        return await repository.claim(session, now, now + LEASE, limit)
+
+
+async def _complete(db: Database, outcomes: list[Outcome]) -> list[Outcome]:
+    async with db.transaction() as session:
+        return await repository.complete(session, outcomes, utcnow())
+
+
+async def test_claim_takes_due_pending_rows_once(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(i) for i in range(5)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+
+    first = await _claim(db, limit=3)
+    second = await _claim(db, limit=10)
+    third = await _claim(db)
+
+    assert len(first) == 3
+    assert len(second) == 2
+    assert third == []
+    assert {r.id for r in first}.isdisjoint({r.id for r in second})
+    assert all(r.attempt == 1 and r.send_attempts == 1 for r in first + second)
+    rows = await deliveries_of(db, message.id)
+    assert {d.state for d in rows} == {"sending"}
+    assert all(d.lease_expires_at is not None and d.lease_expires_at > utcnow() for d in rows)
+
+
+async def test_claim_ignores_rows_not_yet_due(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(1)])
+    later = utcnow() + dt.timedelta(minutes=5)
+    message = await announce(db, org, send_at=later.isoformat())
+    await _resolve_all(db, message)
+    assert await _claim(db) == []
+    async with db.read() as session:
+        assert await repository.next_due(session) == later
+
+
+async def test_completion_is_fenced_by_attempt(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(1)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    [row] = await _claim(db)
+
+    # The lease runs out; the delivery goes back to pending and another worker claims it.
+    async with db.transaction() as session:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id == row.id)
+            .values(state="pending", lease_expires_at=None)
+        )
+    [again] = await _claim(db)
+    assert again.id == row.id
+    assert again.attempt == row.attempt + 1
+
+    zombie = Outcome(row.id, row.attempt, DeliveryState.FAILED, detail="zombie")
+    assert await _complete(db, [zombie]) == []
+    owner = Outcome(
+        row.id, again.attempt, DeliveryState.SENT, provider="p", provider_message_id="x"
+    )
+    assert await _complete(db, [owner]) == [owner]
+    # A repeat of the same completion changes nothing.
+    assert await _complete(db, [owner]) == []
+
+    [delivery] = await deliveries_of(db, message.id)
+    assert delivery.state == "sent"
+    assert delivery.provider_message_id == "x"
+    assert delivery.lease_expires_at is None
+    async with db.read() as session:
+        events = await repository.events(session, row.id)
+    assert [e.state for e in events] == ["sent"]
+
+
+async def test_proof_of_acceptance_settles_unknown_of_same_attempt_only(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(1), person(2)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    rows = await _claim(db)
+    a, b = rows
+    unknown = [
+        Outcome(r.id, r.attempt, DeliveryState.UNKNOWN, detail="lease expired") for r in rows
+    ]
+    assert len(await _complete(db, unknown)) == 2
+
+    late_success = Outcome(a.id, a.attempt, DeliveryState.SENT, provider_message_id="late")
+    late_failure = Outcome(b.id, b.attempt, DeliveryState.FAILED, detail="late failure")
+    wrong_attempt = Outcome(b.id, b.attempt + 1, DeliveryState.SENT, provider_message_id="no")
+    applied = await _complete(db, [late_success, late_failure, wrong_attempt])
+
+    assert applied == [late_success]
+    states = {d.id: d.state for d in await deliveries_of(db, message.id)}
+    assert states == {a.id: "sent", b.id: "unknown"}
+
+
+async def test_concurrent_claims_never_share_a_row(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(i) for i in range(300)])
+    message = await announce(db, org)
+    await _resolve_all(db, message, chunk=128)
+
+    batches = await asyncio.gather(*[_claim(db, limit=20) for _ in range(20)])
+    claimed = [r.id for batch in batches for r in batch]
+    assert len(claimed) == len(set(claimed))
+    assert len(claimed) == 300
+
+
+async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(
+        db,
+        org,
+        [person(i, groups=["sales", "north"] if i % 2 else ["sales"]) for i in range(50)],
+    )
+    message = await announce(db, org, {"groups": ["sales", "north"]})
+
+    # A first attempt writes a chunk and then dies before committing.
+    async def crash_after_one_chunk() -> None:
+        async with db.transaction() as session:
+            fresh = await session.get(Message, message.id)
+            assert fresh is not None
+            await repository.resolve_chunk(session, fresh, 20)
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        await crash_after_one_chunk()
+    assert await deliveries_of(db, message.id) == []
+
+    # Chunks commit one by one; replaying a chunk whose cursor was lost makes nothing twice.
+    async with db.transaction() as session:
+        fresh = await session.get(Message, message.id)
+        assert fresh is not None
+        await repository.resolve_chunk(session, fresh, 20)
+    async with db.transaction() as session:
+        fresh = await session.get(Message, message.id)
+        assert fresh is not None
+        fresh.resolve_cursor = 0  # as if the cursor update had been lost
+        fresh.audience_size = 0
+    await _resolve_all(db, message, chunk=20)
+
+    rows = await deliveries_of(db, message.id)
+    assert len(rows) == 50
+    assert len({d.recipient_id for d in rows}) == 50
+
+
+async def test_routing_all_makes_one_delivery_per_channel(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(1, phone="+27821234567", whatsapp="+27821234567")])
+    message = await announce(db, org, channels=["email", "sms"], routing="all")
+    await _resolve_all(db, message)
+    assert sorted(d.channel for d in await deliveries_of(db, message.id)) == ["email", "sms"]
+
+
+async def test_routing_first_picks_the_first_usable_channel(db: Database) -> None:
+    org = await new_org(db)
+    ids = await add_people(
+        db,
+        org,
+        [
+            person(1, whatsapp="+27821234567"),  # whatsapp first
+            person(2),  # email only
+            person(3, email=None, phone="+27821234568"),  # sms only
+        ],
+    )
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    channel_of = {d.recipient_id: d.channel for d in await deliveries_of(db, message.id)}
+    assert channel_of == {ids["p1"]: "whatsapp", ids["p2"]: "email", ids["p3"]: "sms"}
+
+
+async def test_cancel_pending_records_an_event_for_each(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(i) for i in range(4)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    [claimed] = await _claim(db, limit=1)
+    async with db.transaction() as session:
+        cancelled = await repository.cancel_pending(session, message.id, utcnow())
+    assert cancelled == 3
+    rows = await deliveries_of(db, message.id)
+    assert sorted(d.state for d in rows) == ["cancelled"] * 3 + ["sending"]
+    async with db.read() as session:
+        events = (await session.execute(select(DeliveryEvent))).scalars().all()
+    assert {e.delivery_id for e in events} == {d.id for d in rows if d.id != claimed.id}
+
+
+async def test_expired_leases_are_found(db: Database) -> None:
+    org = await new_org(db)
+    await add_people(db, org, [person(1), person(2)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    a, _b = await _claim(db)
+    async with db.transaction() as session:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id == a.id)
+            .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    async with db.transaction() as session:
+        expired = await repository.expired_leases(session, utcnow(), 10)
+    assert [r.id for r in expired] == [a.id]
