@@ -1,0 +1,240 @@
+"""The ``bulletin`` command as a user runs it: real processes, real databases, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+BULLETIN = str(Path(sys.executable).with_name("bulletin"))
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BULLETIN, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def environment(database_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULLETIN_")}
+    if database_url is not None:
+        env["BULLETIN_DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Process:
+    """A background ``bulletin`` process whose output is collected in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.args = args
+        self.log = cwd / f"bulletin-{args[0]}-{time.monotonic_ns()}.log"
+        self._out = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [BULLETIN, *args], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output())
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} never appeared:\n{self.output()}")
+
+    def terminate(self, timeout: float = 30) -> None:
+        """SIGTERM, then check the process stopped cleanly.
+
+        uvicorn re-raises the signal once it has shut down, so ``serve`` reports it in its
+        exit status, as servers conventionally do; ``worker`` exits 0.
+        """
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._out.close()
+        assert code in (0, -signal.SIGTERM), self.output()
+        assert "Traceback" not in self.output(), self.output()
+        assert "worker.stopped" in self.output() or "--no-worker" in " ".join(self.args)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_orgs_and_keys_print_json_for_scripts(tmp_path: Path) -> None:
+    env = environment(f"sqlite:///{tmp_path / 'b.db'}")
+    created = run(["orgs", "create", "Acme Corp", "--json"], env, tmp_path)
+    assert created.returncode == 0, created.stderr
+    org = json.loads(created.stdout)
+    assert set(org) >= {"org_id", "api_key"}
+    assert org["api_key"].startswith("bk_")
+
+    key = run(
+        ["keys", "create", "--org", org["org_id"], "--scope", "read", "--json"], env, tmp_path
+    )
+    assert key.returncode == 0, key.stderr
+    read_key = json.loads(key.stdout)
+    assert read_key["org_id"] == org["org_id"]
+    assert read_key["scope"] == "read"
+    assert read_key["api_key"] != org["api_key"]
+    # Secrets go to stdout only when asked; nothing is logged with them.
+    assert org["api_key"] not in created.stderr
+    assert read_key["api_key"] not in key.stderr
+
+    listed = run(["orgs", "list"], env, tmp_path)
+    assert "Acme Corp" in listed.stdout
+
+
+def test_keys_create_refuses_unknown_organizations(tmp_path: Path) -> None:
+    env = environment(f"sqlite:///{tmp_path / 'b.db'}")
+    unknown = run(
+        ["keys", "create", "--org", "01a20890-763d-7f09-9b46-1dc1f15ad909", "--json"], env, tmp_path
+    )
+    assert unknown.returncode == 1
+    assert "no organization" in unknown.stderr
+    malformed = run(["keys", "create", "--org", "acme"], env, tmp_path)
+    assert malformed.returncode == 2
+    bad_scope = run(["keys", "create", "--org", "acme", "--scope", "root"], env, tmp_path)
+    assert bad_scope.returncode == 2
+
+
+def test_migrate_brings_a_new_database_to_the_newest_revision(tmp_path: Path) -> None:
+    env = environment(f"sqlite:///{tmp_path / 'b.db'}")
+    result = run(["migrate"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Database is at revision" in result.stderr
+    assert run(["migrate"], env, tmp_path).returncode == 0
+
+
+def test_serve_runs_the_whole_service_on_a_sqlite_file(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    """What a new user does: start it, use the printed key, see the sandbox's record."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = environment(BULLETIN_PORT=str(port))  # the default database: ./bulletin.db
+    server = Process(["serve"], env, tmp_path)
+    processes.append(server)
+    key = server.wait_for(r"API key\s+(bk_\S+)").group(1)
+    wait_until(lambda: ready(base))
+    assert (tmp_path / "bulletin.db").exists()
+
+    auth = {"Authorization": f"Bearer {key}"}
+    put = httpx.put(
+        f"{base}/v1/recipients/ada",
+        json={"name": "Ada", "email": "ada@example.com", "groups": ["eng"]},
+        headers=auth,
+    )
+    assert put.status_code == 201
+    posted = httpx.post(
+        f"{base}/v1/announcements",
+        json={"title": "Hello", "body": "First announcement", "audience": {"groups": ["eng"]}},
+        headers={**auth, "Idempotency-Key": "first"},
+    )
+    assert posted.status_code == 202
+    message_id = posted.json()["id"]
+
+    def sandbox_has_it() -> bool:
+        page = httpx.get(f"{base}/v1/sandbox/messages?message_id={message_id}", headers=auth)
+        return len(page.json()["items"]) == 1
+
+    wait_until(sandbox_has_it)
+    server.terminate()
+    assert key not in server.output().replace(f"API key       {key}", "")
+
+    # A second start on the same database creates nothing and prints no key.
+    again = Process(["serve", "--port", str(free_port())], env, tmp_path)
+    processes.append(again)
+    again.wait_for(r"Uvicorn running")
+    again.terminate()
+    assert "bk_" not in again.output()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_separate_api_and_worker_processes_on_postgresql(
+    database_url: str, tmp_path: Path, processes: list[Process]
+) -> None:
+    """The scale-out layout: API processes without a worker, worker processes without an API."""
+    env = environment(database_url)
+    org = json.loads(run(["orgs", "create", "Acme", "--json"], env, tmp_path).stdout)
+    auth = {"X-API-Key": org["api_key"]}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = Process(["serve", "--no-worker", "--port", str(port)], env, tmp_path)
+    workers = [Process(["worker"], env, tmp_path) for _ in range(2)]
+    processes.extend([api, *workers])
+    wait_until(lambda: ready(base))
+    for w in workers:
+        w.wait_for("worker.started")
+
+    for n in range(20):
+        r = httpx.put(
+            f"{base}/v1/recipients/p{n}", json={"email": f"p{n}@example.com"}, headers=auth
+        )
+        assert r.status_code == 201
+    posted = httpx.post(
+        f"{base}/v1/announcements",
+        json={"title": "Hi", "body": "All hands", "audience": {"all": True}},
+        headers=auth,
+    )
+    message_id = posted.json()["id"]
+
+    def completed() -> bool:
+        state: str = httpx.get(f"{base}/v1/announcements/{message_id}", headers=auth).json()[
+            "state"
+        ]
+        return state == "completed"
+
+    wait_until(completed)
+    counts = httpx.get(f"{base}/v1/announcements/{message_id}", headers=auth).json()["deliveries"]
+    assert counts["sent"] == 20
+    items = httpx.get(f"{base}/v1/sandbox/messages?limit=100", headers=auth).json()["items"]
+    assert len(items) == 20
+    assert {i["attempts"] for i in items} == {1}
+    for p in [*workers, api]:
+        p.terminate()
+    assert all(w.proc.returncode == 0 for w in workers)
