@@ -65,7 +65,10 @@ class Settings(BaseSettings):
         default=200, ge=1, description="Provider calls one worker process runs at once."
     )
     max_attempts: int = Field(
-        default=5, ge=1, description="Provider attempts before a transient error becomes failed."
+        default=5,
+        ge=1,
+        le=100,
+        description="Provider attempts before a transient error becomes failed.",
     )
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)

@@ -39,7 +39,7 @@ def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         position = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise _bad_cursor() from exc
     if not isinstance(position, kind) or isinstance(position, bool):
         raise _bad_cursor()

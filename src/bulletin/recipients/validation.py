@@ -13,10 +13,10 @@ import zoneinfo
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_NAME = re.compile(r"^[^\x00-\x1f]{1,100}$")
-_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Matched with fullmatch: ``$`` would also accept a trailing newline.
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def normalize_phone(value: str, region: str | None) -> str:
@@ -50,26 +50,26 @@ def check_timezone(value: str) -> str:
 
 
 def check_locale(value: str) -> str:
-    if not _LOCALE.match(value):
+    if not _LOCALE.fullmatch(value):
         raise ValueError(f"{value!r} is not a locale tag, such as 'en' or 'pt-BR'")
     return value.replace("_", "-")
 
 
 def check_clock(value: str) -> str:
-    if not _CLOCK.match(value):
+    if not _CLOCK.fullmatch(value):
         raise ValueError(f"{value!r} is not a time of day as HH:MM (24-hour)")
     return value
 
 
 def check_group(value: str) -> str:
     value = value.strip()
-    if not _NAME.match(value):
+    if not 1 <= len(value) <= 100 or not value.isprintable():
         raise ValueError("a group name is 1 to 100 printable characters")
     return value
 
 
 def check_category(value: str) -> str:
-    if not _CATEGORY.match(value):
+    if not _CATEGORY.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a category: lower-case letters, digits, '_', '-', '.', up to 64"
         )

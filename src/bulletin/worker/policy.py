@@ -152,8 +152,30 @@ def quiet_until(now: dt.datetime, zone: str, start: str, end: str) -> dt.datetim
         end_day = local.date() + dt.timedelta(days=1) if moment >= begins else local.date()
     if not inside:
         return None
-    until = dt.datetime.combine(end_day, ends, tzinfo=tz).astimezone(dt.UTC)
+    until = _first_instant_at(dt.datetime.combine(end_day, ends), tz)
     return until if until > now else None
+
+
+def _first_instant_at(wall: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """The first instant (UTC) at which the local clock shows ``wall`` or later.
+
+    Usually just ``wall`` in ``tz``. When ``wall`` does not exist because the clocks jump
+    forward over it, it is the moment of the jump.
+    """
+    early = wall.replace(tzinfo=tz, fold=1).astimezone(dt.UTC)
+    late = wall.replace(tzinfo=tz, fold=0).astimezone(dt.UTC)
+    if late.astimezone(tz).replace(tzinfo=None) == wall or early >= late:
+        return late
+    # In a gap, reading ``wall`` with the offsets before and after the jump brackets it.
+    while (late - early) > dt.timedelta(seconds=1):
+        middle = early + (late - early) / 2
+        if middle.astimezone(tz).replace(tzinfo=None) >= wall:
+            late = middle
+        else:
+            early = middle
+    # Offsets change on whole seconds, so the jump is the whole second at or just before.
+    whole = late.replace(microsecond=0)
+    return whole if whole.astimezone(tz).replace(tzinfo=None) >= wall else late
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +200,8 @@ class RetryPolicy:
         """
         if send_attempts >= self.max_attempts:
             return None
-        delay = min(self.max_seconds, self.base_seconds * 2 ** max(0, send_attempts - 1))
+        doublings = min(max(0, send_attempts - 1), 64)  # beyond that the cap applies anyway
+        delay = min(self.max_seconds, self.base_seconds * 2.0**doublings)
         delay = delay / 2 + (rng or random).uniform(0, delay / 2)
         if retry_after is not None:
             delay = max(delay, retry_after)
