@@ -211,7 +211,10 @@ def _timed(statement: Any, *names: str) -> Any:
 async def claim(
     session: AsyncSession, now: dt.datetime, lease_until: dt.datetime, limit: int
 ) -> list[ClaimedRow]:
-    """Take up to ``limit`` due pending deliveries: ``sending``, next attempt, leased."""
+    """Take up to ``limit`` due pending deliveries: ``sending``, next attempt, leased.
+
+    Each claim is recorded as an event, like every other change of state.
+    """
     postgres = dialect_name(session) == "postgresql"
     statement = _timed(_CLAIM_PG if postgres else _CLAIM_SQLITE, "now", "lease")
     statement = statement.columns(
@@ -224,7 +227,21 @@ async def claim(
         channel=Delivery.channel.type,
     )
     result = await session.execute(statement, {"now": now, "lease": lease_until, "limit": limit})
-    return [ClaimedRow(*row) for row in result]
+    claimed = [ClaimedRow(*row) for row in result]
+    await add_events(
+        session,
+        [
+            {
+                "delivery_id": row.id,
+                "at": now,
+                "state": DeliveryState.SENDING.value,
+                "attempt": row.attempt,
+                "detail": None,
+            }
+            for row in claimed
+        ],
+    )
+    return claimed
 
 
 async def recipients_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, Recipient]:
