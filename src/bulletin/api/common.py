@@ -16,7 +16,8 @@ from bulletin.orgs.service import Principal
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 Cursor = Annotated[
-    str | None, Query(max_length=200, description="The next_cursor of the previous page.")
+    str | None,
+    Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the last page."),
 ]
 IdempotencyKey = Annotated[
     str | None,

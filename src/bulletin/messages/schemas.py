@@ -6,9 +6,10 @@ import datetime as dt
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
 
 from bulletin.recipients.schemas import CategoryName, ExternalId, GroupName
+from bulletin.schemas import RequestBody
 
 Channel = Literal["whatsapp", "email", "sms"]
 Routing = Literal["first", "all"]
@@ -24,11 +25,7 @@ def _unique_channels(channels: list[Channel]) -> list[Channel]:
 Channels = Annotated[list[Channel], Field(min_length=1), AfterValidator(_unique_channels)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Audience(_Strict):
+class Audience(RequestBody):
     """Who an announcement goes to: exactly one of everyone, groups, or named recipients."""
 
     all: Literal[True] | None = Field(default=None, description="Every active recipient.")
@@ -47,7 +44,7 @@ class Audience(_Strict):
         return self
 
 
-class _MessageIn(_Strict):
+class _MessageIn(RequestBody):
     title: str = Field(min_length=1, max_length=500)
     body: str = Field(min_length=1, max_length=20_000)
     channels: Channels = Field(

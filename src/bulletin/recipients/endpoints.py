@@ -13,11 +13,18 @@ from bulletin.api.deps import Reader, Sender, ServicesDep
 from bulletin.api.problems import responses
 from bulletin.idempotency.service import StoredAnswer
 from bulletin.recipients import schemas, service
+from bulletin.schemas import NO_CONTROL_CHARACTERS
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"], responses=responses(401, 403, 422))
 
 ExternalIdPath = Annotated[
-    str, Path(min_length=1, max_length=255, description="The organization's id for the person.")
+    str,
+    Path(
+        min_length=1,
+        max_length=255,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="The organization's id for the person.",
+    ),
 ]
 
 
@@ -64,7 +71,10 @@ async def delete_recipient(
 async def list_recipients(
     principal: Reader,
     svc: ServicesDep,
-    group: Annotated[str | None, Query(max_length=100, description="Only this group.")] = None,
+    group: Annotated[
+        str | None,
+        Query(max_length=100, pattern=NO_CONTROL_CHARACTERS, description="Only this group."),
+    ] = None,
     include_inactive: Annotated[bool, Query(description="Also deactivated ones.")] = False,
     limit: Limit = 100,
     cursor: Cursor = None,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from bulletin.recipients import validation
+from bulletin.schemas import RequestBody
 
 GroupName = Annotated[str, AfterValidator(validation.check_group)]
 CategoryName = Annotated[str, AfterValidator(validation.check_category)]
@@ -15,11 +16,7 @@ ExternalId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x0
 ClockTime = Annotated[str, AfterValidator(validation.check_clock)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RecipientFields(_Strict):
+class RecipientFields(RequestBody):
     """A recipient as the organization describes them. Phone numbers are normalized to E.164."""
 
     name: str | None = Field(default=None, max_length=255)
@@ -56,7 +53,7 @@ class RecipientRow(RecipientFields):
     external_id: ExternalId
 
 
-class RecipientBatch(_Strict):
+class RecipientBatch(RequestBody):
     recipients: list[dict[str, Any]] = Field(
         min_length=1, max_length=10_000, description="Up to 10,000 recipients, as in PUT."
     )
@@ -93,13 +90,13 @@ class BatchResult(BaseModel):
     updated: int
 
 
-class ChannelPreferences(_Strict):
+class ChannelPreferences(RequestBody):
     whatsapp: bool | None = None
     email: bool | None = None
     sms: bool | None = None
 
 
-class QuietHours(_Strict):
+class QuietHours(RequestBody):
     """A daily window, in the recipient's time zone, when only urgent messages are sent."""
 
     start: ClockTime
@@ -112,7 +109,7 @@ class QuietHours(_Strict):
         return self
 
 
-class PreferencesIn(_Strict):
+class PreferencesIn(RequestBody):
     channels: ChannelPreferences = Field(default_factory=ChannelPreferences)
     categories: dict[CategoryName, bool] = Field(default_factory=dict, max_length=200)
     quiet_hours: QuietHours | None = None
