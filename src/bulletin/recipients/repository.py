@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import Table, Uuid, bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import chunked, upsert_statement
+from bulletin.db import UTCDateTime, chunked, dialect_name
 from bulletin.recipients.models import Recipient, RecipientGroup
 
 # Columns a PUT or an import replaces; preferences and history are the person's, and stay.
@@ -24,6 +25,45 @@ PROFILE_COLUMNS = (
     "attributes",
 )
 _ROWS_PER_STATEMENT = 1000
+GROUPS: Table = RecipientGroup.__table__  # type: ignore[assignment]
+
+# Create or replace a chunk of recipients in one statement, rows read from a JSON parameter.
+# The SET lists are PROFILE_COLUMNS.
+_UPSERT_PG = text(
+    """
+    INSERT INTO recipients (org_id, external_id, name, email, phone, whatsapp, timezone, locale,
+                            attributes, categories, active, created_at, updated_at)
+    SELECT :org, v.external_id, v.name, v.email, v.phone, v.whatsapp, v.timezone, v.locale,
+           COALESCE(v.attributes, '{}'::jsonb), '{}'::jsonb, true, :now, :now
+    FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        external_id text, name text, email text, phone text, whatsapp text, timezone text,
+        locale text, attributes jsonb)
+    ON CONFLICT (org_id, external_id) DO UPDATE
+    SET name = excluded.name, email = excluded.email, phone = excluded.phone,
+        whatsapp = excluded.whatsapp, timezone = excluded.timezone, locale = excluded.locale,
+        attributes = excluded.attributes,
+        active = true, deactivated_at = NULL, updated_at = excluded.updated_at
+    RETURNING id, external_id
+    """
+)
+_UPSERT_SQLITE = text(
+    """
+    INSERT INTO recipients (org_id, external_id, name, email, phone, whatsapp, timezone, locale,
+                            attributes, categories, active, created_at, updated_at)
+    SELECT :org, json_extract(value, '$.external_id'), json_extract(value, '$.name'),
+           json_extract(value, '$.email'), json_extract(value, '$.phone'),
+           json_extract(value, '$.whatsapp'), json_extract(value, '$.timezone'),
+           json_extract(value, '$.locale'), COALESCE(json_extract(value, '$.attributes'), '{}'),
+           '{}', 1, :now, :now
+    FROM json_each(:payload) WHERE true
+    ON CONFLICT (org_id, external_id) DO UPDATE
+    SET name = excluded.name, email = excluded.email, phone = excluded.phone,
+        whatsapp = excluded.whatsapp, timezone = excluded.timezone, locale = excluded.locale,
+        attributes = excluded.attributes,
+        active = 1, deactivated_at = NULL, updated_at = excluded.updated_at
+    RETURNING id, external_id
+    """
+)
 
 
 async def get(session: AsyncSession, org_id: uuid.UUID, external_id: str) -> Recipient | None:
@@ -59,32 +99,18 @@ async def upsert(
     ``rows`` hold ``external_id``, the profile columns and ``groups``. Returns the internal id
     of every row by external id.
     """
+    sqlite = dialect_name(session) == "sqlite"
+    statement = _UPSERT_SQLITE if sqlite else _UPSERT_PG
+    statement = statement.bindparams(
+        bindparam("org", type_=Uuid()), bindparam("now", type_=UTCDateTime())
+    )
     ids: dict[str, int] = {}
     for part in chunked(rows, _ROWS_PER_STATEMENT):
-        values = [
-            {
-                "org_id": org_id,
-                "external_id": row["external_id"],
-                **{column: row[column] for column in PROFILE_COLUMNS},
-                "categories": {},
-                "active": True,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for row in part
-        ]
-        statement = upsert_statement(session, Recipient).values(values)
-        statement = statement.on_conflict_do_update(
-            index_elements=["org_id", "external_id"],
-            set_={
-                **{column: statement.excluded[column] for column in PROFILE_COLUMNS},
-                "active": True,
-                "deactivated_at": None,
-                "updated_at": now,
-            },
-        ).returning(Recipient.id, Recipient.external_id)
-        for row in await session.execute(statement):
-            ids[row.external_id] = row.id
+        fields = ("external_id", *PROFILE_COLUMNS)
+        payload = json.dumps([{k: row[k] for k in fields} for row in part])
+        result = await session.execute(statement, {"org": org_id, "now": now, "payload": payload})
+        for row_id, external_id in result:
+            ids[external_id] = row_id
     await replace_groups(session, org_id, {ids[r["external_id"]]: r["groups"] for r in rows})
     return ids
 
@@ -101,7 +127,8 @@ async def replace_groups(
         for name in dict.fromkeys(names)
     ]
     for part in chunked(memberships, _ROWS_PER_STATEMENT):
-        await session.execute(insert(RecipientGroup), part)
+        # Core insert: many parameter sets become multi-row INSERTs, without ORM bookkeeping.
+        await session.execute(insert(GROUPS), part)
 
 
 async def groups_of(session: AsyncSession, recipient_ids: list[int]) -> dict[int, list[str]]:
