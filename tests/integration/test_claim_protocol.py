@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository
@@ -239,3 +241,57 @@ async def test_expired_leases_are_found(db: Database) -> None:
     async with db.transaction() as session:
         expired = await repository.expired_leases(session, utcnow(), 10)
     assert [r.id for r in expired] == [a.id]
+
+
+def _rows_touched(plan: dict[str, Any]) -> int:
+    """Rows every node of an EXPLAIN ANALYZE plan produced, over all its loops."""
+    own = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
+    removed = int(plan.get("Rows Removed by Join Filter", 0)) + int(
+        plan.get("Rows Removed by Filter", 0)
+    )
+    return own + removed + sum(_rows_touched(p) for p in plan.get("Plans", []))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "audience",
+    [{"groups": ["sales", "north"]}, {"all": True}, {"recipients": [f"p{i}" for i in range(3000)]}],
+    ids=["groups", "all", "recipients"],
+)
+async def test_resolution_work_is_linear_without_planner_statistics(
+    db: Database, audience: dict[str, Any]
+) -> None:
+    """Right after a bulk import PostgreSQL has no statistics; plans must not go quadratic.
+
+    Counts rows processed by the plan (EXPLAIN ANALYZE), not time, so it is not a timing test.
+    """
+    org = await new_org(db)
+    await add_people(db, org, [person(i, groups=["sales", "north"]) for i in range(3000)])
+    message = await announce(db, org, audience)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        captured.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    async with db.transaction() as session:
+        fresh = await session.get(Message, message.id)
+        assert fresh is not None
+        await repository.resolve_chunk(session, fresh, 5000)
+        await session.rollback()
+    event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    chosen = [
+        (sql, params)
+        for sql, params in captured
+        if sql.lstrip().startswith(("SELECT count(*)", "INSERT INTO deliveries"))
+    ]
+    assert len(chosen) == 2
+    for sql, params in chosen:
+        async with db.engine.connect() as conn:
+            result = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+            plan = result.scalar_one()
+            await conn.rollback()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        touched = _rows_touched(plan[0]["Plan"])
+        assert touched < 20 * 3000, f"{touched} rows touched for 3,000 recipients:\n{sql}"

@@ -61,31 +61,40 @@ _PREFERENCE = {
 # --- Resolving an audience into deliveries -------------------------------------------------
 
 
-def _audience(message: Message) -> tuple[Select[Any], Any]:
-    """The recipients a message is for, and the column their order (and cursor) follows."""
+def _members(message: Message, after: int, upper: int | None = None) -> Select[Any]:
+    """Ids (as ``rid``) of the message's recipients with ``after < id <= upper``.
+
+    Each audience is read from its own index (the explicit list, the group memberships, or
+    the organization's recipients by id) and joined to recipients by primary key. That plan
+    is right whatever the planner's statistics say: right after a bulk import PostgreSQL has
+    none, and a correlated EXISTS was then planned as a nested loop rescanning every
+    recipient for every member.
+    """
     audience = message.audience
     if audience.get("recipients"):
+        rid: Any = MessageRecipient.recipient_id
+        query = select(rid.label("rid")).where(MessageRecipient.message_id == message.id)
+    elif audience.get("groups"):
+        rid = RecipientGroup.recipient_id
         query = (
-            select(Recipient.id)
-            .join(MessageRecipient, MessageRecipient.recipient_id == Recipient.id)
-            .where(MessageRecipient.message_id == message.id)
-        )
-        return query, MessageRecipient.recipient_id
-    query = select(Recipient.id).where(
-        Recipient.org_id == message.org_id, Recipient.active.is_(True)
-    )
-    if audience.get("groups"):
-        member = (
-            select(RecipientGroup.recipient_id)
+            select(rid.label("rid"))
+            .join(Recipient, Recipient.id == rid)
             .where(
-                RecipientGroup.recipient_id == Recipient.id,
                 RecipientGroup.org_id == message.org_id,
                 RecipientGroup.name.in_(audience["groups"]),
+                Recipient.active.is_(True),
             )
-            .exists()
+            .group_by(rid)
         )
-        query = query.where(member)
-    return query, Recipient.id
+    else:
+        rid = Recipient.id
+        query = select(rid.label("rid")).where(
+            Recipient.org_id == message.org_id, Recipient.active.is_(True)
+        )
+    query = query.where(rid > after)
+    if upper is not None:
+        query = query.where(rid <= upper)
+    return query.order_by(rid)
 
 
 def _first_usable_channel(channels: Sequence[str]) -> ColumnElement[str]:
@@ -109,13 +118,12 @@ async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> 
     Returns how many recipients the chunk held and whether the audience is exhausted; the
     caller stores the advanced cursor in the same transaction.
     """
-    audience, order = _audience(message)
-    window = audience.where(order > message.resolve_cursor).order_by(order).limit(chunk)
-    bounds = window.with_only_columns(order.label("rid")).subquery()
-    count, upper = (await session.execute(select(func.count(), func.max(bounds.c.rid)))).one()
+    window = _members(message, message.resolve_cursor).limit(chunk).subquery()
+    count, upper = (await session.execute(select(func.count(), func.max(window.c.rid)))).one()
     if not count:
         return 0, True
-    in_chunk = audience.where(order > message.resolve_cursor, order <= upper)
+    members = _members(message, message.resolve_cursor, int(upper)).subquery()
+    in_chunk = select(Recipient.id).join(members, Recipient.id == members.c.rid)
     if message.routing == "all":
         channel_choices: list[ColumnElement[str]] = [literal(c) for c in message.channels]
     else:

@@ -1,0 +1,1 @@
+"""Repeatable performance runs that print figures. Not part of the test gate."""
