@@ -91,50 +91,20 @@ async def test_many_workers_and_schedulers_send_each_recipient_once(settings: Se
 
     databases = [Database(settings.database_url, pool_size=4) for _ in range(6)]
     sandboxes = [CountingSandbox(d) for d in databases]
-    async with (
-        running(
-            tuned,
-            dispatch=True,
-            schedule=False,
-            db=databases[0],
-            registry=ChannelRegistry(sandboxes[0]),
-        ),
-        running(
-            tuned,
-            dispatch=True,
-            schedule=False,
-            db=databases[1],
-            registry=ChannelRegistry(sandboxes[1]),
-        ),
-        running(
-            tuned,
-            dispatch=True,
-            schedule=False,
-            db=databases[2],
-            registry=ChannelRegistry(sandboxes[2]),
-        ),
-        running(
-            tuned,
-            dispatch=True,
-            schedule=False,
-            db=databases[3],
-            registry=ChannelRegistry(sandboxes[3]),
-        ),
-        running(
-            tuned,
-            dispatch=False,
-            schedule=True,
-            db=databases[4],
-            registry=ChannelRegistry(sandboxes[4]),
-        ),
-        running(
-            tuned,
-            dispatch=False,
-            schedule=True,
-            db=databases[5],
-            registry=ChannelRegistry(sandboxes[5]),
-        ),
-    ):
+    roles = [(True, False)] * 4 + [(False, True)] * 2  # (dispatch, schedule)
+    async with contextlib.AsyncExitStack() as processes:
+        for (dispatch, schedule), database, sandbox in zip(
+            roles, databases, sandboxes, strict=True
+        ):
+            await processes.enter_async_context(
+                running(
+                    tuned,
+                    dispatch=dispatch,
+                    schedule=schedule,
+                    db=database,
+                    registry=ChannelRegistry(sandbox),
+                )
+            )
         await eventually(message_state(setup, message.id, "completed"), timeout=60)
 
     calls: Counter[int] = sum((s.calls for s in sandboxes), Counter())
