@@ -18,8 +18,11 @@ ensure_venv() {
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing Bulletin and its dependencies into .venv ..." >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+    # Some machines list package indexes that do not exist; pip warns about each, harmlessly.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip \
+      2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" \
+      2> >(grep -v "^WARNING: Location .* is ignored" >&2)
     echo "$want" > "$stamp"
   fi
 }
