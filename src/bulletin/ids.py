@@ -43,6 +43,9 @@ def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
         raise _bad_cursor() from exc
     if not isinstance(position, kind) or isinstance(position, bool):
         raise _bad_cursor()
+    if isinstance(position, int) and not -(2**63) <= position < 2**63:
+        # Row ids are 64-bit; a larger number would overflow in the database driver (a 500).
+        raise _bad_cursor()
     return position
 
 

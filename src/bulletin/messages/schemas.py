@@ -25,6 +25,18 @@ def _unique_channels(channels: list[Channel]) -> list[Channel]:
 Channels = Annotated[list[Channel], Field(min_length=1), AfterValidator(_unique_channels)]
 
 
+def _representable_in_utc(value: dt.datetime) -> dt.datetime:
+    # 0001-01-01T00:00+14:00 parses, but has no UTC form: converting it later would be a 500.
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError("the time is outside the range that can be stored") from exc
+    return value
+
+
+SendAt = Annotated[AwareDatetime, AfterValidator(_representable_in_utc)]
+
+
 class Audience(RequestBody):
     """Who an announcement goes to: exactly one of everyone, groups, or named recipients."""
 
@@ -58,7 +70,7 @@ class _MessageIn(RequestBody):
     category: CategoryName | None = Field(
         default=None, description="Recipients can opt out of a category."
     )
-    send_at: AwareDatetime | None = Field(
+    send_at: SendAt | None = Field(
         default=None, description="RFC 3339 with an offset. Absent means now."
     )
     urgent: bool = Field(default=False, description="Send even in the recipient's quiet hours.")

@@ -1,0 +1,146 @@
+"""What an API user does over and over, written once: read problems, page lists, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import httpx
+
+from conftest import Api
+
+PROBLEM_TYPE = "application/problem+json"
+DELIVERY_STATES = {
+    "pending",
+    "sending",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "suppressed",
+    "cancelled",
+    "unknown",
+}
+
+
+def body_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The JSON body of a successful answer, after checking its status."""
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The body of an RFC 9457 problem answer with ``status``, after checking its shape."""
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    assert response.headers["content-type"].startswith(PROBLEM_TYPE), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    for field in ("type", "title", "detail"):
+        assert isinstance(body[field], str), (field, body)
+        assert body[field], (field, body)
+    return body
+
+
+def error_locs(body: dict[str, Any]) -> list[list[str | int]]:
+    """The ``loc`` of every field error a problem lists."""
+    return [error["loc"] for error in body["errors"]]
+
+
+def cursor_after(position: object) -> str:
+    """A syntactically valid cursor around any JSON value, as a client could forge one."""
+    raw = json.dumps({"after": position}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def person(n: int, **fields: Any) -> dict[str, Any]:
+    """A recipient row for a batch import: ``p<n>`` with an email address and nothing else."""
+    return {"external_id": f"p{n}", "name": f"Person {n}", "email": f"p{n}@example.com", **fields}
+
+
+async def post_keyed(api: Api, path: str, payload: Any, key: str) -> httpx.Response:
+    """POST with an ``Idempotency-Key`` header and a send-scope key."""
+    return await api.client.post(
+        path, json=payload, headers={**api.headers(), "Idempotency-Key": key}
+    )
+
+
+def json_headers(api: Api) -> dict[str, str]:
+    """Headers for a raw JSON body sent with ``content=``."""
+    return {**api.headers(), "Content-Type": "application/json"}
+
+
+async def add_people(api: Api, *rows: dict[str, Any]) -> None:
+    response = await api.post("/v1/recipients/batch", {"recipients": list(rows)})
+    body = body_of(response, 200)
+    assert body["created"] + body["updated"] == len(rows)
+
+
+async def announce(api: Api, audience: dict[str, Any] | None = None, **fields: Any) -> str:
+    """POST an announcement (to everyone unless told), check the 202, and return its id."""
+    payload = {"title": "Hello", "body": "Body", "audience": audience or {"all": True}, **fields}
+    body = body_of(await api.post("/v1/announcements", payload), 202)
+    message_id: str = body["id"]
+    return message_id
+
+
+async def notify(api: Api, recipient: str, **fields: Any) -> str:
+    payload = {"title": "Hi", "body": "Body", "recipient": recipient, **fields}
+    body = body_of(await api.post("/v1/notifications", payload), 202)
+    message_id: str = body["id"]
+    return message_id
+
+
+def in_future(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
+async def walk(
+    api: Api, path: str, limit: int, params: dict[str, str] | None = None
+) -> list[list[dict[str, Any]]]:
+    """Every page of a cursor-paginated list, following ``next_cursor`` to the end."""
+    pages: list[list[dict[str, Any]]] = []
+    query: dict[str, str | int] = {**(params or {}), "limit": limit}
+    while True:
+        page = body_of(await api.get(path, params=query), 200)
+        assert len(page["items"]) <= limit
+        pages.append(page["items"])
+        if page["next_cursor"] is None:
+            return pages
+        assert page["items"], "a page with a next_cursor must not be empty"
+        assert len(pages) < 1000, "next_cursor never ends"
+        query["cursor"] = page["next_cursor"]
+
+
+async def every(api: Api, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """All items of a cursor-paginated list."""
+    return [item for page in await walk(api, path, 100, params) for item in page]
+
+
+async def wait_for_state(api: Api, path: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Poll ``GET path`` until its ``state`` is ``state``; the last body, or a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = body_of(await api.get(path), 200)
+        if body["state"] == state:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} still {body['state']!r} after {timeout}s: {body}")
+        await asyncio.sleep(0.02)
+
+
+async def sandbox_of(api: Api, message_id: str) -> list[dict[str, Any]]:
+    """What the sandbox provider recorded for one message."""
+    return await every(api, "/v1/sandbox/messages", {"message_id": message_id})
+
+
+async def deliveries_of(
+    api: Api, message_id: str, state: str | None = None
+) -> list[dict[str, Any]]:
+    params = {"state": state} if state else None
+    return await every(api, f"/v1/announcements/{message_id}/deliveries", params)
