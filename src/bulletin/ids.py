@@ -16,15 +16,23 @@ import uuid
 
 from bulletin.errors import FieldError, InvalidRequest
 
+_last_stamp = 0
+
 
 def uuid7() -> uuid.UUID:
-    """A new UUID version 7: 48 bits of Unix milliseconds, then random bits."""
-    millis = time.time_ns() // 1_000_000
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
-    value &= ~(0xF << 76)
-    value |= 0x7 << 76  # version
-    value &= ~(0x3 << 62)
-    value |= 0x2 << 62  # RFC 4122 variant
+    """A new UUID version 7: Unix milliseconds, 12 bits of sub-millisecond time, random bits.
+
+    The sub-millisecond bits (RFC 9562, section 6.2, method 3) and a guard against the clock
+    standing still keep the ids of one process in creation order, even within a millisecond.
+    """
+    global _last_stamp
+    nanos = time.time_ns()
+    stamp = (nanos // 1_000_000) << 12 | (nanos % 1_000_000) * 4096 // 1_000_000
+    stamp = max(stamp, _last_stamp + 1)
+    _last_stamp = stamp
+    millis, fraction = stamp >> 12, stamp & 0xFFF
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | fraction << 64
+    value |= 0x2 << 62 | int.from_bytes(os.urandom(8), "big") >> 2
     return uuid.UUID(int=value)
 
 

@@ -100,3 +100,10 @@ def test_cursor_payload_is_what_encode_wrote() -> None:
     # Cursors made by earlier releases stay readable: the payload is {"after": position}.
     cursor = b64(json.dumps({"after": 99}).encode())
     assert decode_cursor(cursor, int) == 99
+
+
+def test_ids_made_within_one_millisecond_keep_creation_order() -> None:
+    made = [uuid7() for _ in range(20_000)]  # many share a millisecond
+    assert made == sorted(made)
+    assert [u.hex for u in made] == sorted(u.hex for u in made)
+    assert len(set(made)) == len(made)
