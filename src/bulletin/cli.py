@@ -88,7 +88,7 @@ async def _prepare(settings: Settings, migrate_it: bool) -> None:
     try:
         await _wait_for_database(db, migrate_it=migrate_it)
         async with db.transaction() as session:
-            key = await orgs.bootstrap(session)
+            key = await orgs.create_default_if_empty(session)
         if key is not None:
             _show_key(key, "Bulletin is set up")
     finally:

@@ -41,9 +41,6 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
-    public_url: str | None = Field(
-        default=None, description="Base URL where this server is reachable, used in links."
-    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = Field(
         default="console", description="'json' for one JSON object per line."

@@ -38,9 +38,6 @@ class MessageState(StrEnum):
 #: States in which a delivery still has work ahead of it; the rest are settled.
 ACTIVE_STATES = frozenset({DeliveryState.PENDING, DeliveryState.SENDING})
 
-#: States that mean the provider accepted the message.
-ACCEPTED_STATES = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.READ})
-
 # How far along the receipt ladder a state is; receipts only ever move a delivery up.
 _RECEIPT_RANK = {
     DeliveryState.UNKNOWN: 0,

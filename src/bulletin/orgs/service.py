@@ -84,7 +84,7 @@ async def list_organizations(session: AsyncSession) -> list[Organization]:
 _BOOTSTRAP_LOCK = 0x42554C4C45544F52
 
 
-async def bootstrap(session: AsyncSession) -> IssuedKey | None:
+async def create_default_if_empty(session: AsyncSession) -> IssuedKey | None:
     """On an empty database, a default organization and its admin key; otherwise nothing."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(_BOOTSTRAP_LOCK)))

@@ -95,9 +95,7 @@ class Dispatcher:
         self._registry = registry
         self._settings = settings
         self._wakeup = wakeup
-        self._retry = RetryPolicy(
-            settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
-        )
+        self._retry = RetryPolicy.from_settings(settings)
         self.completer = Completer(db, flush_seconds=settings.completion_flush_ms / 1000)
         self._messages = MessageCache(db)
         self._sends: set[asyncio.Task[None]] = set()
@@ -319,6 +317,19 @@ class Dispatcher:
         log_ = log.bind(
             delivery_id=row.id, message_id=str(row.message_id), channel=outbound.channel
         )
+
+        def in_doubt(why: str) -> Outcome:
+            return policy.in_doubt(
+                delivery_id=row.id,
+                attempt=row.attempt,
+                send_attempts=row.send_attempts,
+                deduplicates=provider.deduplicates,
+                policy=self._retry,
+                now=utcnow(),
+                why=why,
+                channel=rerouted,
+            )
+
         try:
             async with asyncio.timeout(timeout):
                 accepted = await provider.send(outbound)
@@ -359,51 +370,20 @@ class Dispatcher:
                 channel=rerouted,
                 suppress=suppress,
             )
-        except (InDoubtSendError, TimeoutError) as exc:
-            why = (
-                exc.detail
-                if isinstance(exc, InDoubtSendError)
-                else "the provider did not answer in time"
-            )
-            log_.warning("worker.send_in_doubt", error=why)
-            outcome = policy.in_doubt(
-                delivery_id=row.id,
-                attempt=row.attempt,
-                send_attempts=row.send_attempts,
-                deduplicates=provider.deduplicates,
-                policy=self._retry,
-                now=utcnow(),
-                why=why,
-                channel=rerouted,
-            )
+        except InDoubtSendError as exc:
+            log_.warning("worker.send_in_doubt", error=exc.detail)
+            outcome = in_doubt(exc.detail)
+        except TimeoutError:
+            log_.warning("worker.send_in_doubt", error="timeout")
+            outcome = in_doubt("the provider did not answer in time")
         except asyncio.CancelledError:
             # Cut off at the end of the shutdown grace period, mid-call.
-            self.completer.add(
-                policy.in_doubt(
-                    delivery_id=row.id,
-                    attempt=row.attempt,
-                    send_attempts=row.send_attempts,
-                    deduplicates=provider.deduplicates,
-                    policy=self._retry,
-                    now=utcnow(),
-                    why="send interrupted by shutdown",
-                    channel=rerouted,
-                )
-            )
+            self.completer.add(in_doubt("send interrupted by shutdown"))
             raise
         except Exception as exc:
             # A defect in a provider adapter. Whether the message left is unknowable.
             log_.exception("worker.provider_error")
-            outcome = policy.in_doubt(
-                delivery_id=row.id,
-                attempt=row.attempt,
-                send_attempts=row.send_attempts,
-                deduplicates=provider.deduplicates,
-                policy=self._retry,
-                now=utcnow(),
-                why=f"provider error {type(exc).__name__}: {exc}",
-                channel=rerouted,
-            )
+            outcome = in_doubt(f"provider error {type(exc).__name__}: {exc}")
         else:
             outcome = Outcome(
                 row.id,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from bulletin.config import Settings
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.recipients.models import Recipient
@@ -183,6 +184,10 @@ class RetryPolicy:
     max_attempts: int
     base_seconds: float
     max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds)
 
     def after_transient(
         self,

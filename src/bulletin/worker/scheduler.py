@@ -40,9 +40,7 @@ class Scheduler:
         self._settings = settings
         self._wakeup = wakeup
         self._notifier = notifier
-        self._retry = RetryPolicy(
-            settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
-        )
+        self._retry = RetryPolicy.from_settings(settings)
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
