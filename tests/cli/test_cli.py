@@ -188,6 +188,13 @@ def test_serve_runs_the_whole_service_on_a_sqlite_file(
         return len(page.json()["items"]) == 1
 
     wait_until(sandbox_has_it)
+    org_id = server.wait_for(r"organization\s+([0-9a-f-]{36})").group(1)
+    listed = run(["sandbox", "list", "--org", org_id, "--json"], env, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [record] = json.loads(listed.stdout)
+    assert record["message_id"] == message_id
+    assert record["recipient"] == "ada"
+    assert record["channel"] == "email"
     server.terminate()
     assert key not in server.output().replace(f"API key       {key}", "")
 
