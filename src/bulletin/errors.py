@@ -79,12 +79,17 @@ class ChannelError(BulletinError):
 class TransientSendError(ChannelError):
     """The provider did not accept the message, and a later attempt may succeed.
 
-    ``retry_after`` is the provider's own hint (seconds), when it gave one.
+    ``retry_after`` is the provider's own hint (seconds), when it gave one. ``slow_down`` says
+    the whole provider account is over its rate limit: every worker then pauses that account
+    for ``retry_after`` seconds, instead of this one message being retried in a tight loop.
     """
 
-    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, detail: str, *, retry_after: float | None = None, slow_down: bool = False
+    ) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.slow_down = slow_down
 
 
 class PermanentSendError(ChannelError):

@@ -14,8 +14,19 @@ unknown outcome stays ``unknown`` and is never resent automatically.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppTemplate:
+    """An approved WhatsApp message template, with its body parameters already rendered."""
+
+    name: str
+    language: str
+    parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,12 @@ class OutboundMessage:
     title: str
     body: str
     category: str | None
+    #: The HTML part of an email; ``None`` means one is made from ``body``.
+    html: str | None = None
+    #: Set when a WhatsApp message must go as a template (the 24-hour window is closed).
+    whatsapp_template: WhatsAppTemplate | None = None
+    #: A link that unsubscribes the person (email ``List-Unsubscribe``).
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +60,44 @@ class Accepted:
     provider_message_id: str
 
 
+class ReportedState(StrEnum):
+    """What a provider's receipt says happened to a message it accepted."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A provider's report on one message, read from a verified webhook.
+
+    ``delivery_id`` is Bulletin's own id when the provider echoed it back (WhatsApp's
+    ``biz_opaque_callback_data``, a parameter of Twilio's status callback URL);
+    ``provider_message_id`` is the provider's reference. At least one of them is set.
+    ``suppress_address`` is true when the failure means the address must not be used again
+    (the person replied STOP to the sender).
+    """
+
+    provider_message_id: str | None
+    delivery_id: int | None
+    state: ReportedState
+    at: dt.datetime
+    detail: str | None = None
+    suppress_address: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message a person sent to an organization's number (a reply, STOP, START)."""
+
+    channel: str
+    address: str
+    text: str
+    at: dt.datetime
+
+
 class Provider(abc.ABC):
     """One provider account that can send on a channel."""
 
@@ -50,6 +105,12 @@ class Provider(abc.ABC):
     name: str = "provider"
     #: True when a repeated send of one delivery id is recognised and not delivered twice.
     deduplicates: bool = False
+    #: Identifies the provider account for pacing; sends of one account share its rate.
+    account: str = "provider"
+    #: Messages per second the account may send, over all workers together; ``None``: no limit.
+    rate_per_second: float | None = None
+    #: Least time between two messages to the same address (WhatsApp's pair rate limit).
+    pair_interval_seconds: float | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or background tasks. Called once before the first send."""
