@@ -41,6 +41,9 @@ PG_HINT = (
 )
 TEMPLATE = f"bulletin_tpl_{os.getpid()}"
 
+# Fixtures of the end-to-end tests (a served Bulletin and local providers).
+pytest_plugins = ("e2e.stack",)
+
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),

@@ -14,8 +14,11 @@ from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.deliveries import endpoints as deliveries
 from bulletin.messages import endpoints as messages
+from bulletin.providers import endpoints as channels
 from bulletin.recipients import endpoints as recipients
 from bulletin.sandbox import endpoints as sandbox
+from bulletin.web import unsubscribe
+from bulletin.webhooks import endpoints as webhooks
 
 DESCRIPTION = """
 Bulletin delivers announcements and notifications over WhatsApp, SMS and email, now or at
@@ -54,5 +57,8 @@ def create_app(
     app.include_router(recipients.router)
     app.include_router(messages.router)
     app.include_router(deliveries.router)
+    app.include_router(channels.router)
+    app.include_router(webhooks.router)
     app.include_router(sandbox.router)
+    app.include_router(unsubscribe.router)
     return app

@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from bulletin.channels.factory import ProviderFactory
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.channels.sandbox import SandboxProvider
 from bulletin.config import Settings
 from bulletin.db import Database
+from bulletin.providers.service import secret_box, stored_loader
 from bulletin.worker.runtime import Engine
 from bulletin.worker.signals import Hub, Notifier
 
@@ -35,9 +37,17 @@ def open_database(settings: Settings) -> Database:
     )
 
 
-def default_registry(db: Database) -> ChannelRegistry:
-    """Every channel goes to the sandbox until a real provider is configured."""
-    return ChannelRegistry(default=SandboxProvider(db))
+def default_registry(db: Database, settings: Settings, factory: ProviderFactory) -> ChannelRegistry:
+    """Each organization's own providers, then the environment's, then the sandbox."""
+    env = settings.provider_configs()
+    return ChannelRegistry(
+        default=SandboxProvider(db),
+        by_channel={channel: factory.build(config) for channel, config in env.items()},
+        configs=env,
+        stored=stored_loader(db, secret_box(settings)),
+        build=factory.build,
+        refresh_seconds=settings.channel_refresh_seconds,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +64,8 @@ async def running(
     db = db or open_database(settings)
     hub = Hub()
     notifier = Notifier(db, hub)
-    registry = registry or default_registry(db)
+    factory = ProviderFactory(settings)
+    registry = registry or default_registry(db, settings, factory)
     notify_task = asyncio.create_task(notifier.run(), name="notifier")
     engine = None
     if dispatch or schedule:
@@ -68,5 +79,6 @@ async def running(
         notify_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await notify_task
+        await factory.close()
         if owns_db:
             await db.dispose()

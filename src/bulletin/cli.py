@@ -22,6 +22,7 @@ from bulletin import logs, migrate
 from bulletin.app import create_app
 from bulletin.bootstrap import open_database, running
 from bulletin.config import Settings
+from bulletin.crypto import generate_key
 from bulletin.db import Database
 from bulletin.errors import NotFound
 from bulletin.orgs import service as orgs
@@ -145,6 +146,16 @@ def worker(
 ) -> None:
     """Run only the delivery engine (to scale out next to API processes)."""
     asyncio.run(_run_worker(_settings(), dispatch, schedule))
+
+
+@app.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for BULLETIN_SECRET_KEY, which encrypts provider secrets at rest.
+
+    To rotate, put the new key first and keep the old one after a comma until every stored
+    secret has been written again.
+    """
+    typer.echo(generate_key())
 
 
 @app.command("migrate")

@@ -6,10 +6,13 @@ package reads the environment on its own.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from bulletin.channels.configs import AnyProviderConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./bulletin.db"
 
@@ -94,6 +97,57 @@ class Settings(BaseSettings):
         description="ISO country used to read phone numbers written without +country code.",
     )
 
+    # Channels and providers.
+    public_url: str | None = Field(
+        default=None,
+        description="Address at which providers and people reach this server (webhooks, "
+        "unsubscribe links), e.g. https://bulletin.example.com. Default: http://HOST:PORT.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key(s) that encrypt provider secrets stored through the API; "
+        "comma-separated to rotate. Make one with `bulletin secret-key`.",
+    )
+    channel_refresh_seconds: float = Field(
+        default=2.0, gt=0, description="How soon workers pick up a changed channel configuration."
+    )
+    provider_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait to connect to a provider."
+    )
+    # Providers for every organization without its own (a single-organization install).
+    whatsapp_phone_number_id: str | None = Field(
+        default=None, description="WhatsApp Cloud API sending number id; enables WhatsApp."
+    )
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_app_secret: SecretStr | None = Field(
+        default=None, description="Verifies X-Hub-Signature-256 on WhatsApp webhooks."
+    )
+    whatsapp_verify_token: SecretStr | None = Field(
+        default=None, description="Token for the WhatsApp webhook verification handshake."
+    )
+    whatsapp_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = "v21.0"
+    whatsapp_rate_per_second: float = Field(default=80.0, gt=0)
+    whatsapp_template: str | None = Field(
+        default=None,
+        description="Template sent outside the 24-hour window: 'name' or 'name:language'; "
+        "its body parameters are the title and the body.",
+    )
+    smtp_host: str | None = Field(default=None, description="SMTP server; enables email.")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = Field(default=None, description="From address of emails.")
+    smtp_from_name: str | None = None
+    smtp_rate_per_second: float | None = Field(default=None, gt=0)
+    twilio_account_sid: str | None = Field(default=None, description="Enables SMS via Twilio.")
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = Field(default=None, description="Sending number (E.164).")
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_rate_per_second: float | None = Field(default=10.0, gt=0)
+
     @model_validator(mode="after")
     def _lease_has_room(self) -> Settings:
         # A worker starts a send only if the lease outlasts the send timeout by a margin;
@@ -113,3 +167,73 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def base_url(self) -> str:
+        """Where this server is reached from outside, without a trailing slash."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @model_validator(mode="after")
+    def _providers_valid(self) -> Settings:
+        try:
+            self.provider_configs()
+        except ValidationError as exc:
+            raise ValueError(f"provider settings are incomplete or invalid: {exc}") from exc
+        return self
+
+    def provider_configs(self) -> dict[str, AnyProviderConfig]:
+        """Providers configured through settings, by channel, for every organization."""
+        from bulletin.channels.configs import (
+            SmtpConfig,
+            TwilioConfig,
+            WhatsAppCloudConfig,
+            WhatsAppTemplateRef,
+        )
+
+        configs: dict[str, AnyProviderConfig] = {}
+        if self.whatsapp_phone_number_id:
+            template = None
+            if self.whatsapp_template:
+                name, _, language = self.whatsapp_template.partition(":")
+                template = WhatsAppTemplateRef(
+                    name=name,
+                    language=language or "en",
+                    parameters=["{{ title }}", "{{ body }}"],
+                )
+            configs["whatsapp"] = WhatsAppCloudConfig.model_validate(
+                {
+                    "phone_number_id": self.whatsapp_phone_number_id,
+                    "access_token": self.whatsapp_access_token,
+                    "app_secret": self.whatsapp_app_secret,
+                    "verify_token": self.whatsapp_verify_token,
+                    "base_url": self.whatsapp_base_url,
+                    "api_version": self.whatsapp_api_version,
+                    "rate_per_second": self.whatsapp_rate_per_second,
+                    "template": template,
+                }
+            )
+        if self.smtp_host:
+            configs["email"] = SmtpConfig.model_validate(
+                {
+                    "host": self.smtp_host,
+                    "port": self.smtp_port,
+                    "security": self.smtp_security,
+                    "username": self.smtp_username,
+                    "password": self.smtp_password,
+                    "from_address": self.smtp_from,
+                    "from_name": self.smtp_from_name,
+                    "rate_per_second": self.smtp_rate_per_second,
+                }
+            )
+        if self.twilio_account_sid:
+            configs["sms"] = TwilioConfig.model_validate(
+                {
+                    "account_sid": self.twilio_account_sid,
+                    "auth_token": self.twilio_auth_token,
+                    "from_number": self.twilio_from,
+                    "messaging_service_sid": self.twilio_messaging_service_sid,
+                    "base_url": self.twilio_base_url,
+                    "rate_per_second": self.twilio_rate_per_second,
+                }
+            )
+        return configs

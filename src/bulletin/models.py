@@ -4,19 +4,25 @@ from bulletin.db import Base
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
 from bulletin.idempotency.models import IdempotencyRecord
 from bulletin.messages.models import Message, MessageRecipient
-from bulletin.orgs.models import ApiKey, Organization
+from bulletin.orgs.models import ApiKey, InstanceSecret, Organization
+from bulletin.providers.models import ChannelConfig
 from bulletin.recipients.models import Recipient, RecipientGroup
 from bulletin.sandbox.models import SandboxMessage
+from bulletin.worker.models import PacingSlot, PairSlot
 
 __all__ = [
     "ApiKey",
     "Base",
+    "ChannelConfig",
     "Delivery",
     "DeliveryEvent",
     "IdempotencyRecord",
+    "InstanceSecret",
     "Message",
     "MessageRecipient",
     "Organization",
+    "PacingSlot",
+    "PairSlot",
     "Recipient",
     "RecipientGroup",
     "SandboxMessage",

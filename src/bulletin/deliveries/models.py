@@ -48,6 +48,13 @@ class Delivery(Base):
             sqlite_where=text("state = 'pending'"),
         ),
         Index(
+            "ix_deliveries_fallback",
+            "fallback_at",
+            postgresql_where=text("fallback_at IS NOT NULL"),
+            sqlite_where=text("fallback_at IS NOT NULL"),
+        ),
+        Index("ix_deliveries_provider_message", "provider", "provider_message_id"),
+        Index(
             "ix_deliveries_inflight",
             "lease_expires_at",
             postgresql_where=text("state = 'sending'"),
@@ -75,6 +82,9 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: When to move on to the person's next channel if this one has not reported delivery
+    #: (``fallback_after``); cleared once that has been decided.
+    fallback_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeliveryEvent(Base):

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
 from bulletin.deliveries.outcomes import Outcome
-from bulletin.deliveries.states import DeliveryState
+from bulletin.deliveries.states import DeliveryState, MessageState
 from bulletin.messages.models import Message, MessageRecipient
 from bulletin.recipients.models import Recipient, RecipientGroup
 
@@ -110,7 +110,9 @@ def _first_usable_channel(channels: Sequence[str]) -> ColumnElement[str]:
     return case(*whens, else_=literal(channels[0]))
 
 
-async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> tuple[int, bool]:
+async def resolve_chunk(
+    session: AsyncSession, message: Message, chunk: int, now: dt.datetime | None = None
+) -> tuple[int, bool]:
     """Turn the next ``chunk`` recipients after ``message.resolve_cursor`` into deliveries.
 
     Set-based (``INSERT ... SELECT``) and idempotent (``ON CONFLICT DO NOTHING`` on message,
@@ -124,6 +126,10 @@ async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> 
         return 0, True
     members = _members(message, message.resolve_cursor, int(upper)).subquery()
     in_chunk = select(Recipient.id).join(members, Recipient.id == members.c.rid)
+    fallback_at = None
+    if message.routing == "first" and message.fallback_after_seconds:
+        start = max(message.send_at, now or message.send_at)
+        fallback_at = start + dt.timedelta(seconds=message.fallback_after_seconds)
     if message.routing == "all":
         channel_choices: list[ColumnElement[str]] = [literal(c) for c in message.channels]
     else:
@@ -140,6 +146,7 @@ async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> 
             literal(message.send_at, UTCDateTime()),
             literal(message.send_at, UTCDateTime()),
             literal(message.send_at, UTCDateTime()),
+            literal(fallback_at, UTCDateTime()),
         )
         columns = [
             "org_id",
@@ -152,6 +159,7 @@ async def resolve_chunk(session: AsyncSession, message: Message, chunk: int) -> 
             "next_attempt_at",
             "created_at",
             "updated_at",
+            "fallback_at",
         ]
         statement = (
             upsert_statement(session, Delivery)
@@ -396,7 +404,153 @@ async def complete(
         if o.suppress is not None:
             s = o.suppress
             await add_suppression(session, s.org_id, s.channel, s.address, o.detail or "", now)
+    failed = [o.delivery_id for o in applied if o.state == DeliveryState.FAILED]
+    if failed:
+        await fall_back(session, failed, now)
     return applied
+
+
+# --- Falling back to the next channel -------------------------------------------------------
+
+
+async def fall_back(session: AsyncSession, delivery_ids: Sequence[int], now: dt.datetime) -> int:
+    """Give each person whose delivery failed their next channel (routing ``first``).
+
+    The new delivery is on the next channel, in the message's order, that the person has no
+    delivery on yet; the dispatcher checks it is usable and moves on again if not. The unique
+    (message, recipient, channel) key means that a second fallback for the same person (a
+    failed receipt arriving twice) creates nothing. Returns how many deliveries were made.
+    """
+    rows = await session.execute(
+        select(Delivery, Message)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.id.in_(list(delivery_ids)), Message.routing == "first")
+        .execution_options(populate_existing=True)
+    )
+    made = 0
+    for delivery, message in rows:
+        if message.state == MessageState.CANCELLED.value:
+            continue
+        taken = await sibling_channels(session, message.id, delivery.recipient_id)
+        remaining = await _usable_channels(
+            session, delivery, [c for c in message.channels if c not in taken]
+        )
+        if not remaining:
+            continue
+        fallback_at = None
+        if message.fallback_after_seconds:
+            fallback_at = now + dt.timedelta(seconds=message.fallback_after_seconds)
+        statement = (
+            upsert_statement(session, Delivery)
+            .values(
+                org_id=delivery.org_id,
+                message_id=delivery.message_id,
+                recipient_id=delivery.recipient_id,
+                channel=remaining[0],
+                state=DeliveryState.PENDING.value,
+                attempt=0,
+                send_attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+                reason=f"fallback from {delivery.channel}",
+                fallback_at=fallback_at,
+            )
+            .on_conflict_do_nothing(index_elements=["message_id", "recipient_id", "channel"])
+            .returning(Delivery.id)
+        )
+        new_id = (await session.execute(statement)).scalar_one_or_none()
+        if new_id is None:
+            continue
+        made += 1
+        await add_events(
+            session,
+            [
+                {
+                    "delivery_id": new_id,
+                    "at": now,
+                    "state": DeliveryState.PENDING.value,
+                    "attempt": 0,
+                    "detail": f"fallback from {delivery.channel}: {delivery.reason or 'failed'}",
+                }
+            ],
+        )
+        if message.state == MessageState.COMPLETED.value:
+            message.state = MessageState.SENDING.value
+            message.completed_at = None
+    await session.flush()
+    return made
+
+
+async def _usable_channels(
+    session: AsyncSession, delivery: Delivery, channels: list[str]
+) -> list[str]:
+    """Those of ``channels`` the person can be reached on now (address, choice, no block)."""
+    from bulletin.worker.policy import address_of, unusable
+
+    if not channels:
+        return []
+    person = await session.get(Recipient, delivery.recipient_id)
+    if person is None or not person.active:
+        return []
+    addresses = {a for c in channels if (a := address_of(person, c)) is not None}
+    blocked = await suppressed_addresses(session, {delivery.org_id}, addresses)
+    return [
+        c
+        for c in channels
+        if unusable(person, c, lambda ch, a: (delivery.org_id, ch, a) in blocked) is None
+    ]
+
+
+_FALLBACK_WAITS = (DeliveryState.PENDING.value, DeliveryState.SENT.value)
+
+
+async def due_fallbacks(session: AsyncSession, now: dt.datetime, limit: int) -> list[Delivery]:
+    """Deliveries whose ``fallback_after`` has passed without a delivery report, locked."""
+    # Deliveries that reached a settled state no longer need their deadline.
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.fallback_at <= now,
+            Delivery.state.not_in([*_FALLBACK_WAITS, DeliveryState.SENDING.value]),
+        )
+        .values(fallback_at=None)
+    )
+    query = (
+        select(Delivery)
+        .where(Delivery.fallback_at <= now, Delivery.state.in_(_FALLBACK_WAITS))
+        .order_by(Delivery.fallback_at)
+        .limit(limit)
+    )
+    if dialect_name(session) == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.execute(query)).scalars())
+
+
+async def fall_back_after_deadline(
+    session: AsyncSession, overdue: Sequence[Delivery], now: dt.datetime
+) -> int:
+    """Move each overdue person on to their next channel; an unsent delivery is cancelled."""
+    events = []
+    for delivery in overdue:
+        why = "no delivery report in time; moved on to the next channel"
+        if delivery.state == DeliveryState.PENDING.value:
+            delivery.state = DeliveryState.CANCELLED.value
+            delivery.reason = why
+            delivery.updated_at = now
+            events.append(
+                {
+                    "delivery_id": delivery.id,
+                    "at": now,
+                    "state": DeliveryState.CANCELLED.value,
+                    "attempt": delivery.attempt,
+                    "detail": why,
+                }
+            )
+        delivery.fallback_at = None
+    await session.flush()
+    await add_events(session, events)
+    return await fall_back(session, [d.id for d in overdue], now)
 
 
 async def add_suppression(

@@ -60,6 +60,10 @@ class Message(Base):
     routing: Mapped[str] = mapped_column(String(8))
     category: Mapped[str | None] = mapped_column(String(64))
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Per-channel content: {"sms": {"body": ...}, "email": {"html": ...}, "whatsapp": {...}}.
+    overrides: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    #: With routing "first": move on to the next channel if not delivered within this time.
+    fallback_after_seconds: Mapped[int | None] = mapped_column(Integer)
     send_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     state: Mapped[str] = mapped_column(String(16), default="scheduled")
     resolve_cursor: Mapped[int] = mapped_column(BigInteger, default=0)

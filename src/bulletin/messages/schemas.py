@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
 
+from bulletin.channels.configs import WhatsAppTemplateRef
 from bulletin.recipients.schemas import CategoryName, ExternalId, GroupName
 from bulletin.schemas import RequestBody
 
@@ -56,6 +58,63 @@ class Audience(RequestBody):
         return self
 
 
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a duration written like '90s', '15m', '2h' or '1d'."""
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise ValueError("write a duration as a number and a unit: '90s', '15m', '2h' or '1d'")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > 30 * 86400:
+        raise ValueError("at most 30 days")
+    return seconds
+
+
+def _check_duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+class TextContent(RequestBody):
+    """Channel-specific text; what is left out comes from the message."""
+
+    title: str | None = Field(default=None, min_length=1, max_length=500)
+    body: str | None = Field(default=None, min_length=1, max_length=20_000)
+
+
+class EmailContent(TextContent):
+    html: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200_000,
+        description="HTML part (Jinja2, autoescaped; may use title and body).",
+    )
+
+
+class SmsContent(RequestBody):
+    body: str = Field(min_length=1, max_length=1600, description="The whole SMS text.")
+
+
+class WhatsAppContent(TextContent):
+    template: WhatsAppTemplateRef | None = Field(
+        default=None, description="Send as this approved template, always."
+    )
+
+
+class Overrides(RequestBody):
+    """Per-channel content, for example a shorter SMS or an HTML email."""
+
+    whatsapp: WhatsAppContent | None = None
+    email: EmailContent | None = None
+    sms: SmsContent | None = None
+
+
 class _MessageIn(RequestBody):
     title: str = Field(min_length=1, max_length=500)
     body: str = Field(min_length=1, max_length=20_000)
@@ -74,6 +133,20 @@ class _MessageIn(RequestBody):
         default=None, description="RFC 3339 with an offset. Absent means now."
     )
     urgent: bool = Field(default=False, description="Send even in the recipient's quiet hours.")
+    overrides: Overrides | None = Field(
+        default=None, description="Channel-specific content. Title and body may use Jinja2."
+    )
+    fallback_after: Duration | None = Field(
+        default=None,
+        description="With routing 'first': if the channel has not reported delivery within "
+        "this time ('15m'), move on to the person's next channel.",
+    )
+
+    @model_validator(mode="after")
+    def _fallback_needs_first(self) -> _MessageIn:
+        if self.fallback_after is not None and self.routing != "first":
+            raise ValueError("fallback_after needs routing 'first'")
+        return self
 
 
 class AnnouncementIn(_MessageIn):
@@ -103,6 +176,8 @@ class Message(BaseModel):
     completed_at: dt.datetime | None
     cancelled_at: dt.datetime | None
     audience_size: int | None = Field(description="Recipients resolved so far.")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    fallback_after: str | None = None
 
 
 class Announcement(Message):

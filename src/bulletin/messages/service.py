@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,14 +15,16 @@ from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
 from bulletin.ids import decode_cursor, encode_cursor, uuid7
-from bulletin.messages import repository, schemas
+from bulletin.messages import repository, schemas, templates
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
+from bulletin.recipients.models import Recipient
 
 ANNOUNCEMENT = "announcement"
 NOTIFICATION = "notification"
 _FINISHED = (MessageState.COMPLETED.value, MessageState.CANCELLED.value)
 _MAX_LISTED_UNKNOWN = 100
+_TEMPLATE_SAMPLE = 1000
 
 
 async def _known_recipients(
@@ -44,12 +47,48 @@ async def _known_recipients(
     return list(found.values())
 
 
+async def _check_templates(
+    session: AsyncSession,
+    body: schemas.AnnouncementIn | schemas.NotificationIn,
+    named: list[int],
+) -> dict[str, Any]:
+    """Validate every template of the message now, so that none fails at send time (422).
+
+    Each is rendered for a probe recipient and for the first recipients named explicitly.
+    """
+    overrides = body.overrides.model_dump(exclude_none=True) if body.overrides else {}
+    people = await recipients.by_ids(session, named[:_TEMPLATE_SAMPLE])
+    templates.check(body.title, body.body, overrides, [view_of(r) for r in people])
+    return overrides
+
+
+def view_of(recipient: Recipient) -> templates.RecipientView:
+    return templates.RecipientView(
+        external_id=recipient.external_id,
+        name=recipient.name,
+        email=recipient.email,
+        phone=recipient.phone,
+        whatsapp=recipient.whatsapp,
+        locale=recipient.locale,
+        timezone=recipient.timezone,
+        attributes=recipient.attributes or {},
+    )
+
+
+def format_duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _new_message(
     org_id: uuid.UUID,
     kind: str,
     body: schemas.AnnouncementIn | schemas.NotificationIn,
     audience: dict[str, object],
     now: dt.datetime,
+    overrides: dict[str, Any],
 ) -> Message:
     return Message(
         id=uuid7(),
@@ -62,6 +101,10 @@ def _new_message(
         routing=body.routing,
         category=body.category,
         urgent=body.urgent,
+        overrides=overrides,
+        fallback_after_seconds=(
+            schemas.duration_seconds(body.fallback_after) if body.fallback_after else None
+        ),
         send_at=body.send_at.astimezone(dt.UTC) if body.send_at else now,
         state=MessageState.SCHEDULED.value,
         resolve_cursor=0,
@@ -78,8 +121,9 @@ async def create_announcement(
         named = await _known_recipients(
             session, org_id, body.audience.recipients, ("body", "audience", "recipients")
         )
+    overrides = await _check_templates(session, body, named)
     audience = body.audience.model_dump(exclude_none=True)
-    message = _new_message(org_id, ANNOUNCEMENT, body, audience, utcnow())
+    message = _new_message(org_id, ANNOUNCEMENT, body, audience, utcnow(), overrides)
     session.add(message)
     await session.flush()
     if named:
@@ -91,7 +135,9 @@ async def create_notification(
     session: AsyncSession, org_id: uuid.UUID, body: schemas.NotificationIn
 ) -> Message:
     named = await _known_recipients(session, org_id, [body.recipient], ("body", "recipient"))
-    message = _new_message(org_id, NOTIFICATION, body, {"recipients": [body.recipient]}, utcnow())
+    overrides = await _check_templates(session, body, named)
+    audience: dict[str, object] = {"recipients": [body.recipient]}
+    message = _new_message(org_id, NOTIFICATION, body, audience, utcnow(), overrides)
     session.add(message)
     await session.flush()
     await repository.add_recipients(session, message.id, named)
@@ -115,6 +161,12 @@ def _common(message: Message) -> dict[str, object]:
         "completed_at": message.completed_at,
         "cancelled_at": message.cancelled_at,
         "audience_size": message.audience_size,
+        "overrides": message.overrides or {},
+        "fallback_after": (
+            format_duration(message.fallback_after_seconds)
+            if message.fallback_after_seconds
+            else None
+        ),
     }
 
 

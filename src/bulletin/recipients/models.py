@@ -23,6 +23,9 @@ class Recipient(Base):
     __table_args__ = (
         UniqueConstraint("org_id", "external_id", name="uq_recipients_org_external_id"),
         Index("ix_recipients_org_id_id", "org_id", "id"),
+        # Inbound messages (STOP, replies) are matched to people by their number.
+        Index("ix_recipients_whatsapp", "whatsapp"),
+        Index("ix_recipients_phone", "phone"),
     )
 
     id: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
@@ -47,6 +50,9 @@ class Recipient(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     deactivated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: When the person last wrote to the organization on WhatsApp; free-form messages may be
+    #: sent to them for 24 hours after it (the customer-service window), templates otherwise.
+    whatsapp_inbound_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class RecipientGroup(Base):

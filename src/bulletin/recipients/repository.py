@@ -183,3 +183,29 @@ async def deactivate(
         .returning(Recipient.id)
     )
     return result.first() is not None
+
+
+async def by_ids(session: AsyncSession, ids: list[int]) -> list[Recipient]:
+    if not ids:
+        return []
+    rows = await session.execute(select(Recipient).where(Recipient.id.in_(ids)))
+    return list(rows.scalars())
+
+
+async def with_whatsapp(
+    session: AsyncSession, org_ids: list[uuid.UUID] | None, address: str
+) -> list[Recipient]:
+    """Recipients whose WhatsApp number is ``address``, in these organizations (or any)."""
+    query = select(Recipient).where(Recipient.whatsapp == address)
+    if org_ids is not None:
+        query = query.where(Recipient.org_id.in_(org_ids))
+    return list((await session.execute(query)).scalars())
+
+
+async def with_phone(
+    session: AsyncSession, org_ids: list[uuid.UUID] | None, address: str
+) -> list[Recipient]:
+    query = select(Recipient).where(Recipient.phone == address)
+    if org_ids is not None:
+        query = query.where(Recipient.org_id.in_(org_ids))
+    return list((await session.execute(query)).scalars())

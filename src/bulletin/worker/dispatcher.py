@@ -19,28 +19,40 @@ in-doubt policy to sends cut off by the end of the grace period.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from bulletin.channels.base import OutboundMessage
+from bulletin.channels.base import OutboundMessage, Provider, WhatsAppTemplate
+from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.outcomes import Outcome, SuppressAddress
+from bulletin.deliveries.receipts import window_open
 from bulletin.deliveries.repository import ClaimedRow
 from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
 from bulletin.messages.models import Message
+from bulletin.messages.service import view_of
+from bulletin.messages.templates import (
+    Content,
+    MessageTemplates,
+    TemplateChoice,
+    TemplateFailed,
+)
 from bulletin.recipients.models import Recipient
 from bulletin.worker import policy
 from bulletin.worker.completer import Completer
+from bulletin.worker.pacing import Pacer
 from bulletin.worker.policy import MessageFacts, RetryPolicy, Send, Suppress
 from bulletin.worker.signals import Wakeup
 
@@ -64,6 +76,14 @@ class MessageCache:
             async with self._db.read() as session:
                 rows = await session.execute(select(Message).where(Message.id.in_(missing)))
                 for m in rows.scalars():
+                    try:
+                        compiled = MessageTemplates(m.title, m.body, m.overrides)
+                    except TemplateFailed as exc:
+                        # Checked at creation, so only a message stored by an older version.
+                        log.exception(
+                            "worker.template_invalid", message_id=str(m.id), error=str(exc)
+                        )
+                        compiled = None
                     self._items[m.id] = MessageFacts(
                         id=m.id,
                         org_id=m.org_id,
@@ -73,6 +93,7 @@ class MessageCache:
                         routing=m.routing,
                         category=m.category,
                         urgent=m.urgent,
+                        templates=compiled,
                     )
         found = {}
         for i in ids:
@@ -90,6 +111,8 @@ class Dispatcher:
         registry: ChannelRegistry,
         settings: Settings,
         wakeup: Wakeup,
+        *,
+        unsubscribe: Callable[[int], Awaitable[str]] | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -98,6 +121,8 @@ class Dispatcher:
         self._retry = RetryPolicy.from_settings(settings)
         self.completer = Completer(db, flush_seconds=settings.completion_flush_ms / 1000)
         self._messages = MessageCache(db)
+        self._pacer = Pacer(db)
+        self._unsubscribe = unsubscribe
         self._sends: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -171,6 +196,7 @@ class Dispatcher:
     # --- claim and decide -------------------------------------------------------------------
 
     async def _claim_and_dispatch(self, limit: int) -> int:
+        await self._registry.refresh()
         now = utcnow()
         lease = dt.timedelta(seconds=self._settings.lease_seconds)
         lease_deadline = time.monotonic() + self._settings.lease_seconds
@@ -265,6 +291,21 @@ class Dispatcher:
         send: Send,
         lease_deadline: float,
     ) -> None:
+        rerouted = send.channel if send.channel != row.channel else None
+        try:
+            content, template = self._content(row, recipient, message, send.channel)
+        except TemplateFailed as exc:
+            self.completer.add(
+                Outcome(
+                    row.id,
+                    row.attempt,
+                    DeliveryState.FAILED,
+                    detail=str(exc),
+                    channel=rerouted,
+                    gave_back=True,
+                )
+            )
+            return
         outbound = OutboundMessage(
             delivery_id=row.id,
             attempt=row.attempt,
@@ -275,14 +316,49 @@ class Dispatcher:
             recipient_external_id=recipient.external_id,
             recipient_name=recipient.name,
             locale=recipient.locale,
-            title=message.title,
-            body=message.body,
+            title=content.title,
+            body=content.body,
             category=message.category,
+            html=content.html,
+            whatsapp_template=template,
         )
-        rerouted = send.channel if send.channel != row.channel else None
         task = asyncio.create_task(self._send(row, outbound, rerouted, lease_deadline))
         self._sends.add(task)
         task.add_done_callback(self._send_finished)
+
+    def _content(
+        self, row: ClaimedRow, recipient: Recipient, message: MessageFacts, channel: str
+    ) -> tuple[Content, WhatsAppTemplate | None]:
+        """What this person is sent on ``channel``; raises TemplateFailed when it cannot be."""
+        if message.templates is None:
+            raise TemplateFailed("the message's templates are not valid")
+        config = self._registry.config_for(row.org_id, channel)
+        if not isinstance(config, WhatsAppCloudConfig):
+            return message.templates.render(channel, view_of(recipient)), None
+        chosen = message.templates.whatsapp_template
+        if chosen is None and not window_open(recipient.whatsapp_inbound_at, utcnow()):
+            if config.template is None:
+                raise TemplateFailed(
+                    "the person has not written on WhatsApp in the last 24 hours, so only an "
+                    "approved template may be sent, and neither the message nor the WhatsApp "
+                    "configuration names one"
+                )
+            chosen = TemplateChoice(
+                config.template.name, config.template.language, tuple(config.template.parameters)
+            )
+        if chosen is None:
+            return message.templates.render(channel, view_of(recipient)), None
+        content = message.templates.render(
+            channel, view_of(recipient), template_parameters=list(chosen.parameters)
+        )
+        parameters = content.template_parameters or ()
+        return content, WhatsAppTemplate(chosen.name, chosen.language, parameters)
+
+    async def _slow_down(self, provider: Provider, seconds: float) -> None:
+        try:
+            await self._pacer.slow_down(provider, seconds)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("worker.slow_down_failed", error=str(exc))
 
     def _send_finished(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
@@ -299,20 +375,49 @@ class Dispatcher:
     ) -> None:
         provider = self._registry.provider_for(row.org_id, outbound.channel)
         timeout = self._settings.send_timeout_seconds
-        room = lease_deadline - time.monotonic()
-        if self._stopping.is_set() or room < timeout + _LEASE_MARGIN_SECONDS:
-            # Not started, so nothing is in doubt: hand it back for a worker with time.
-            why = "worker stopping" if self._stopping.is_set() else "lease too short to send"
+
+        def give_back(why: str, at: dt.datetime | None = None) -> None:
+            # Not started, so nothing is in doubt: hand it back for later or another worker.
             self.completer.add(
                 Outcome(
                     row.id,
                     row.attempt,
                     DeliveryState.PENDING,
-                    detail=f"released: {why}",
-                    next_attempt_at=utcnow(),
+                    detail=why,
+                    next_attempt_at=at or utcnow(),
+                    channel=rerouted,
                     gave_back=True,
                 )
             )
+
+        def no_room() -> str | None:
+            if self._stopping.is_set():
+                return "released: worker stopping"
+            if lease_deadline - time.monotonic() < timeout + _LEASE_MARGIN_SECONDS:
+                return "released: lease too short to send"
+            return None
+
+        if (why := no_room()) is not None:
+            give_back(why)
+            return
+        if outbound.channel == "email" and self._unsubscribe is not None:
+            outbound = dataclasses.replace(
+                outbound, unsubscribe_url=await self._unsubscribe(row.id)
+            )
+        try:
+            busy_until = await self._pacer.claim_pair(provider, outbound.address)
+            later = None if busy_until else await self._pacer.wait_turn(provider)
+        except (SQLAlchemyError, OSError) as exc:
+            give_back(f"released: pacing unavailable ({exc})", utcnow() + dt.timedelta(seconds=1))
+            return
+        if busy_until is not None:
+            give_back("paced: too soon after the last message to this number", busy_until)
+            return
+        if later is not None:
+            give_back(f"paced: {provider.account} is at its rate limit", later.at)
+            return
+        if (why := no_room()) is not None:
+            give_back(why)
             return
         log_ = log.bind(
             delivery_id=row.id, message_id=str(row.message_id), channel=outbound.channel
@@ -338,6 +443,8 @@ class Dispatcher:
                 row.send_attempts, utcnow(), retry_after=exc.retry_after
             )
             log_.info("worker.send_transient", error=exc.detail, retry_at=str(retry_at))
+            if exc.slow_down:
+                await self._slow_down(provider, exc.retry_after or 1.0)
             if retry_at is None:
                 outcome = Outcome(
                     row.id,

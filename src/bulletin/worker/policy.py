@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from bulletin.config import Settings
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
+from bulletin.messages.templates import MessageTemplates
 from bulletin.recipients.models import Recipient
 
 _NOUN = {"whatsapp": "WhatsApp number", "email": "email address", "sms": "phone number"}
@@ -36,6 +37,8 @@ class MessageFacts:
     routing: str
     category: str | None
     urgent: bool
+    #: Compiled templates of title, body and per-channel content; ``None`` until needed.
+    templates: MessageTemplates | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ def _explicit_choice(recipient: Recipient, channel: str) -> bool | None:
     }.get(channel)
 
 
-def _unusable(
+def unusable(
     recipient: Recipient, channel: str, is_suppressed: Callable[[str, str], bool]
 ) -> str | None:
     """Why the recipient cannot be reached on ``channel``, or ``None`` when they can."""
@@ -106,7 +109,7 @@ def decide(
         return Suppress("recipient deactivated")
     if message.category and recipient.categories.get(message.category) is False:
         return Suppress(f"opted out of category {message.category!r}")
-    why_not = _unusable(recipient, channel, is_suppressed)
+    why_not = unusable(recipient, channel, is_suppressed)
     if why_not is not None:
         if message.routing != "first":
             return Suppress(why_not)
@@ -114,7 +117,7 @@ def decide(
         for other in message.channels:
             if other == channel or other in taken:
                 continue
-            other_why = _unusable(recipient, other, is_suppressed)
+            other_why = unusable(recipient, other, is_suppressed)
             if other_why is None:
                 channel = other
                 break

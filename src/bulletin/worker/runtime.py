@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import structlog
 
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database
+from bulletin.web.links import unsubscribe_link
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
 from bulletin.worker.signals import Hub, Listener, Notifier
@@ -35,7 +37,17 @@ class Engine:
         self.registry = registry
         self.hub = hub
         self.notifier = notifier
-        self.dispatcher = Dispatcher(db, registry, settings, hub.subscribe()) if dispatch else None
+        self.dispatcher = (
+            Dispatcher(
+                db,
+                registry,
+                settings,
+                hub.subscribe(),
+                unsubscribe=functools.partial(unsubscribe_link, db, settings.base_url),
+            )
+            if dispatch
+            else None
+        )
         self.scheduler = (
             Scheduler(db, registry, settings, hub.subscribe(), notifier) if schedule else None
         )

@@ -7,6 +7,8 @@ share the work through row locks taken with SKIP LOCKED; on SQLite writers take 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,13 +19,14 @@ from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.messages import repository as messages
-from bulletin.worker import policy
+from bulletin.worker import pacing, policy
 from bulletin.worker.policy import RetryPolicy
 from bulletin.worker.signals import Notifier, Wakeup
 
 log = structlog.get_logger("bulletin.scheduler")
 
 _REAP_BATCH = 500
+_TIDY_SECONDS = 60.0
 
 
 class Scheduler:
@@ -41,6 +44,7 @@ class Scheduler:
         self._wakeup = wakeup
         self._notifier = notifier
         self._retry = RetryPolicy.from_settings(settings)
+        self._next_tidy = 0.0
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
@@ -58,9 +62,18 @@ class Scheduler:
 
     async def tick(self) -> None:
         """One round of every duty; public so that tests can drive the scheduler step by step."""
-        if await self.resolve_due() or await self.reap_expired():
+        made = [await self.resolve_due(), await self.reap_expired(), await self.fall_back_due()]
+        if any(made):
             self._notifier.work_available()
         await self.finish_messages()
+        if time.monotonic() >= self._next_tidy:
+            self._next_tidy = time.monotonic() + _TIDY_SECONDS
+            await self.tidy()
+
+    async def tidy(self) -> int:
+        """Forget pair-rate slots long past; returns how many."""
+        async with self._db.transaction() as session:
+            return await pacing.forget_pairs(session, utcnow() - dt.timedelta(hours=1))
 
     async def resolve_due(self) -> int:
         """Resolve due audiences, one chunk per transaction; returns recipients resolved."""
@@ -72,7 +85,7 @@ class Scheduler:
                 if message is None:
                     return total
                 count, exhausted = await deliveries.resolve_chunk(
-                    session, message, self._settings.resolve_chunk_size
+                    session, message, self._settings.resolve_chunk_size, now
                 )
                 message.state = MessageState.RESOLVING.value
                 if exhausted:
@@ -109,6 +122,17 @@ class Scheduler:
         if applied:
             log.warning("scheduler.leases_expired", deliveries=[o.delivery_id for o in applied])
         return len(applied)
+
+    async def fall_back_due(self) -> int:
+        """Move people whose channel reported no delivery within ``fallback_after`` on."""
+        async with self._db.transaction() as session:
+            now = utcnow()
+            overdue = await deliveries.due_fallbacks(session, now, _REAP_BATCH)
+            if not overdue:
+                return 0
+            made = await deliveries.fall_back_after_deadline(session, overdue, now)
+        log.info("scheduler.fell_back", overdue=len(overdue), new_deliveries=made)
+        return made
 
     async def finish_messages(self) -> int:
         async with self._db.transaction() as session:

@@ -1,0 +1,505 @@
+"""Email through an SMTP server (a relay, or an email service's SMTP endpoint), with aiosmtplib.
+
+:func:`build_email` turns a delivery into a MIME message: ``multipart/alternative`` with a
+plain-text and an HTML part, UTF-8 throughout, and a ``Message-ID`` made from the delivery id, so
+that a resend of a delivery whose outcome was unknown is recognisable as the same message.
+
+:class:`SmtpProvider` keeps a small pool of open connections and sends one message per SMTP
+transaction (``MAIL FROM``, ``RCPT TO``, ``DATA``). SMTP has no idempotency key, so the provider
+does not deduplicate. Replies are mapped here, at the boundary, onto Bulletin's three outcomes:
+
+* anything that fails before the message content goes out (connecting, TLS, ``EHLO``, ``MAIL
+  FROM``, ``RCPT TO``, a timeout of those) is transient: a server delivers nothing until it has
+  answered the content, so nothing was sent;
+* authentication refused (535, or 530 "authentication required"): transient for a minute with
+  the whole account slowed down, logged loudly, because only an operator can fix credentials;
+* a TLS certificate that does not verify, or a server without what the configuration needs
+  (STARTTLS, AUTH): transient for a minute, the account slowed down, logged loudly, likewise;
+* 421 (the server is closing the channel, usually overloaded or rate limiting) anywhere:
+  transient, and the account slows down;
+* other 4xx replies: transient;
+* a recipient refused with 5xx: permanent, and the address is suppressed (a hard bounce), unless
+  the enhanced status code blames policy, the system or the content rather than the mailbox
+  (``5.3``-``5.7``): those do not say the address is bad, and suppressing on them would let one
+  misconfigured relay ("relaying denied") suppress every address it is given;
+* ``MAIL FROM`` or ``DATA`` refused with 5xx: permanent, not the address's fault;
+* the connection lost once ``DATA`` has been issued: in doubt, because the server may have
+  queued the message. aiosmtplib does not say whether the content had gone out when the
+  connection broke during ``DATA``, and "in doubt" is the side that never delivers twice. No
+  answer at all is left to the engine's send timeout: its ``TimeoutError`` means in doubt too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.policy
+import html
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+import aiosmtplib
+import structlog
+from email_validator import EmailNotValidError, validate_email
+
+from bulletin.channels.base import Accepted, OutboundMessage, Provider
+from bulletin.channels.configs import SmtpConfig
+from bulletin.errors import (
+    ChannelError,
+    InDoubtSendError,
+    PermanentSendError,
+    TransientSendError,
+)
+
+log = structlog.get_logger("bulletin.channels.smtp")
+
+#: "Service not available, closing transmission channel" (RFC 5321 4.2.3).
+SERVICE_NOT_AVAILABLE = 421
+#: "Authentication required" (RFC 4954).
+_AUTH_REQUIRED = 530
+#: How long an account pauses after an answer only an operator can fix (credentials, TLS).
+_ACCOUNT_RETRY_SECONDS = 60.0
+#: How long an account pauses after a 421: the server is shedding load or rate limiting.
+_SERVICE_UNAVAILABLE_PAUSE = 30.0
+#: Longest wait for the answer to ``RSET`` or ``QUIT`` when tidying a connection up.
+_TIDY_TIMEOUT = 2.0
+
+# An enhanced status code (RFC 3463) at the start of a reply text: class.subject.detail.
+_ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+# Subjects that blame the mailbox or its address: 0 other/undefined, 1 addressing, 2 mailbox.
+_ADDRESS_SUBJECTS = frozenset({"0", "1", "2"})
+_BLANK_LINES = re.compile(r"\n[ \t]*\n+")
+
+
+def build_email(
+    message: OutboundMessage, config: SmtpConfig, *, now: dt.datetime | None = None
+) -> EmailMessage:
+    """The MIME message for one delivery, addressed from ``config`` to ``message.address``.
+
+    Raises ``ValueError`` when an address cannot be written in a message header.
+    """
+    sender = wire_address(config.from_address)
+    recipient = wire_address(message.address)
+    email_message = EmailMessage(policy=email.policy.default)
+    email_message["From"] = _mailbox(config.from_name, sender)
+    email_message["To"] = _mailbox(message.recipient_name, recipient)
+    email_message["Subject"] = _one_line(message.title)
+    email_message["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
+    email_message["Message-ID"] = message_id(message.delivery_id, config.from_address)
+    email_message["X-Bulletin-Delivery"] = str(message.delivery_id)
+    email_message["Auto-Submitted"] = "auto-generated"
+    if message.unsubscribe_url:
+        email_message["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+        # RFC 8058: a mail client may unsubscribe with one POST, without opening a page.
+        email_message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    # Quoted-printable keeps both parts 7-bit clean with short lines, so the message passes
+    # through any server, including one without 8BITMIME.
+    email_message.set_content(
+        message.body, subtype="plain", charset="utf-8", cte="quoted-printable"
+    )
+    email_message.add_alternative(
+        message.html if message.html is not None else html_from_text(message),
+        subtype="html",
+        charset="utf-8",
+        cte="quoted-printable",
+    )
+    return email_message
+
+
+def html_from_text(message: OutboundMessage) -> str:
+    """An HTML version of a plain-text message: its title as a heading, its paragraphs, and an
+    unsubscribe link at the foot when it has one."""
+    language = f' lang="{html.escape(message.locale)}"' if message.locale else ""
+    title = html.escape(message.title)
+    parts = [
+        "<!DOCTYPE html>",
+        f"<html{language}>",
+        '<head><meta charset="utf-8">',
+        f"<title>{title}</title></head>",
+        "<body>",
+    ]
+    if message.title:
+        parts.append(f"<h1>{title}</h1>")
+    text = message.body.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+    for paragraph in _BLANK_LINES.split(text):
+        if paragraph.strip():
+            lines = (html.escape(line) for line in paragraph.split("\n"))
+            parts.append("<p>" + "<br>\n".join(lines) + "</p>")
+    if message.unsubscribe_url:
+        url = html.escape(message.unsubscribe_url, quote=True)
+        parts.append(f'<hr>\n<p style="font-size:small"><a href="{url}">Unsubscribe</a></p>')
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def message_id(delivery_id: int, from_address: str) -> str:
+    """The ``Message-ID`` of a delivery: the same for every attempt to send it."""
+    domain = wire_address(from_address).rpartition("@")[2]
+    return f"<bulletin.{delivery_id}@{domain}>"
+
+
+def wire_address(address: str) -> str:
+    """The address with its domain in ASCII (IDNA), as SMTP and message headers need it.
+
+    Only a non-ASCII local part is left, which needs a server supporting SMTPUTF8.
+    """
+    if address.isascii():
+        return address
+    try:
+        parsed = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{address!r} is not an email address: {exc}") from exc
+    return f"{parsed.local_part}@{parsed.ascii_domain}"
+
+
+def _mailbox(name: str | None, address: str) -> Address:
+    # Given as parts: parsing an addr_spec refuses a non-ASCII local part, which SMTPUTF8 allows.
+    local_part, _, domain = address.rpartition("@")
+    return Address(_one_line(name or ""), username=local_part, domain=domain)
+
+
+def _one_line(text: str) -> str:
+    # A line break in a header value would start a new header (and the email package refuses it).
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """One message ready for an SMTP transaction."""
+
+    sender: str
+    recipient: str
+    content: bytes
+    message_id: str
+    #: The envelope has a non-ASCII local part: the server must support SMTPUTF8.
+    utf8: bool
+
+
+class SmtpProvider(Provider):
+    """Sends email through one SMTP server and login, over a pool of reused connections.
+
+    Up to ``config.connections`` connections are opened as sends need them and kept open between
+    sends; each carries one transaction at a time. ``connect_timeout`` bounds everything done
+    before the message content goes out (connecting, TLS, login, ``MAIL FROM``, ``RCPT TO``):
+    failing there is transient, because nothing was sent. It should be well below the engine's
+    send timeout, which bounds the rest.
+    """
+
+    name = "smtp"
+    deduplicates = False
+
+    def __init__(self, config: SmtpConfig, *, connect_timeout: float = 5.0) -> None:
+        self._config = config
+        self._connect_timeout = connect_timeout
+        self._password = config.password.get_secret_value() if config.password else None
+        self._slots = asyncio.Semaphore(config.connections)
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._open: set[aiosmtplib.SMTP] = set()
+        self._local_hostname: str | None = None
+        self.account = f"smtp:{config.host}:{config.port}:{config.username or ''}"
+        self.rate_per_second = config.rate_per_second
+
+    async def close(self) -> None:
+        """Say ``QUIT`` on idle connections and close every connection."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            # It is closed below anyway; the server may have gone first.
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await connection.quit(timeout=_TIDY_TIMEOUT)
+        for connection in list(self._open):
+            self._discard(connection)
+        # Let the transports run their close callbacks before the caller's loop moves on.
+        await asyncio.sleep(0)
+
+    async def send(self, message: OutboundMessage) -> Accepted:
+        """Send one email; its ``Message-ID`` is the provider message id."""
+        bound = log.bind(delivery_id=message.delivery_id, account=self.account)
+        envelope = self._envelope(message)
+        async with self._slots:
+            connection = await self._ready(envelope, bound)
+            try:
+                reply = await connection.data(envelope.content, timeout=None)
+            except aiosmtplib.SMTPDataError as exc:
+                await self._reset(connection)
+                raise self._refusal("DATA", exc, bound) from exc
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                self._discard(connection)
+                bound.warning("smtp.in_doubt", error=repr(exc))
+                raise InDoubtSendError(
+                    f"the SMTP connection failed during DATA, and the server may have queued "
+                    f"the message: {exc}"
+                ) from exc
+            except BaseException:
+                # Cancelled (the engine's send timeout): the server may still answer, so the
+                # connection is out of step and cannot carry another message.
+                self._discard(connection)
+                raise
+            self._idle.append(connection)
+        bound.debug("smtp.accepted", reply=reply.message)
+        return Accepted(envelope.message_id)
+
+    def _envelope(self, message: OutboundMessage) -> _Envelope:
+        try:
+            built = build_email(message, self._config)
+            sender = wire_address(self._config.from_address)
+            recipient = wire_address(message.address)
+        except ValueError as exc:
+            raise PermanentSendError(f"the email cannot be written: {exc}") from exc
+        utf8 = not (sender.isascii() and recipient.isascii())
+        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+        return _Envelope(
+            sender=sender,
+            recipient=recipient,
+            content=built.as_bytes(policy=policy),
+            message_id=str(built["Message-ID"]),
+            utf8=utf8,
+        )
+
+    async def _ready(self, envelope: _Envelope, bound: Any) -> aiosmtplib.SMTP:
+        """A connection on which ``MAIL FROM`` and ``RCPT TO`` were accepted for ``envelope``."""
+        connection: aiosmtplib.SMTP | None = None
+        step = "connect"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                connection = self._take_idle()
+                if connection is not None:
+                    step = "MAIL FROM"
+                    try:
+                        await self._mail_from(connection, envelope)
+                    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPSenderRefused) as exc:
+                        if isinstance(exc, aiosmtplib.SMTPSenderRefused) and (
+                            exc.code != SERVICE_NOT_AVAILABLE
+                        ):
+                            raise
+                        # The server closed the connection while it sat idle (a disconnect,
+                        # or a 421 "timeout" on the first command). Nothing was sent.
+                        bound.info("smtp.stale_connection", error=repr(exc))
+                        self._discard(connection)
+                        connection = None
+                if connection is None:
+                    step = "connect"
+                    connection = await self._connect()
+                    step = "MAIL FROM"
+                    await self._mail_from(connection, envelope)
+                step = "RCPT TO"
+                await connection.rcpt(
+                    envelope.recipient, encoding="utf-8" if envelope.utf8 else "ascii", timeout=None
+                )
+        except ChannelError:
+            if connection is not None:
+                self._idle.append(connection)
+            raise
+        except BaseException as exc:
+            error = await self._before_content(step, exc, connection, bound)
+            if error is None:
+                raise
+            raise error from exc
+        return connection
+
+    async def _before_content(
+        self,
+        step: str,
+        exc: BaseException,
+        connection: aiosmtplib.SMTP | None,
+        bound: Any,
+    ) -> ChannelError | None:
+        """Tidy up after a failure before the content went out, and say what it means.
+
+        ``None`` means the exception is not ours to map (a cancellation) and must propagate.
+        """
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
+            if connection is not None:
+                await self._reset(connection)
+            if step == "connect":
+                return self._connect_refusal(exc, bound)
+            return self._refusal(step, exc, bound)
+        if connection is not None:
+            self._discard(connection)
+        if isinstance(exc, TimeoutError):
+            bound.info("smtp.timeout_before_content", step=step)
+            return TransientSendError(f"the SMTP server did not answer {step} in time")
+        if _certificate_refused(exc):
+            bound.error(
+                "smtp.certificate_refused",
+                error=str(exc),
+                hint="the server's TLS certificate is not trusted; fix it or set validate_certs",
+            )
+            return TransientSendError(
+                f"the SMTP server's certificate was refused: {exc}",
+                retry_after=_ACCOUNT_RETRY_SECONDS,
+                slow_down=True,
+            )
+        if isinstance(exc, OSError):
+            # A refused or lost connection, a failed TLS handshake (ssl.SSLError): the
+            # aiosmtplib connection errors derive from ConnectionError.
+            bound.info("smtp.failed_before_content", step=step, error=repr(exc))
+            return TransientSendError(f"the SMTP {step} failed: {exc!r}")
+        if isinstance(exc, aiosmtplib.SMTPException) and step == "connect":
+            # STARTTLS or AUTH not offered, or no login method in common: the configuration
+            # does not match the server, which only an operator can fix.
+            bound.error(
+                "smtp.server_mismatch",
+                error=str(exc),
+                security=self._config.security,
+                hint="check the SMTP security mode, port and login",
+            )
+            return TransientSendError(
+                f"the SMTP server cannot be used as configured: {exc}",
+                retry_after=_ACCOUNT_RETRY_SECONDS,
+                slow_down=True,
+            )
+        if isinstance(exc, aiosmtplib.SMTPException):
+            bound.info("smtp.failed_before_content", step=step, error=repr(exc))
+            return TransientSendError(f"the SMTP {step} failed: {exc!r}")
+        if isinstance(exc, ValueError):
+            # aiosmtplib will not put an address with spaces or brackets on a command line.
+            return PermanentSendError(f"the address cannot be used in SMTP: {exc}")
+        return None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._local_hostname is None:
+            # Looked up once: getfqdn may wait on DNS, and its answer does not change.
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        security = self._config.security
+        connection = aiosmtplib.SMTP(
+            hostname=self._config.host,
+            port=self._config.port,
+            username=self._config.username,
+            password=self._password,
+            local_hostname=self._local_hostname,
+            # Timeouts are ours: connect_timeout before the content, the engine's after it.
+            timeout=None,
+            use_tls=security == "tls",
+            start_tls=security == "starttls",
+            validate_certs=self._config.validate_certs,
+        )
+        await connection.connect()
+        self._open.add(connection)
+        return connection
+
+    async def _mail_from(self, connection: aiosmtplib.SMTP, envelope: _Envelope) -> None:
+        options: list[str] = []
+        if connection.supports_extension("size"):
+            # Lets the server refuse a message too large before it is sent.
+            options.append(f"SIZE={len(envelope.content)}")
+        if envelope.utf8:
+            if not connection.supports_extension("smtputf8"):
+                raise PermanentSendError(
+                    "the address has a non-ASCII local part and the SMTP server does not "
+                    "support SMTPUTF8"
+                )
+            options.append("SMTPUTF8")
+            if connection.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+        await connection.mail(
+            envelope.sender,
+            options=options,
+            encoding="utf-8" if envelope.utf8 else "ascii",
+            timeout=None,
+        )
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.is_connected:
+                return connection
+            self._discard(connection)
+        return None
+
+    async def _reset(self, connection: aiosmtplib.SMTP) -> None:
+        """Abandon the transaction with ``RSET`` and keep the connection, or close it."""
+        if not connection.is_connected:
+            self._discard(connection)
+            return
+        try:
+            await connection.rset(timeout=_TIDY_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError):
+            self._discard(connection)
+        except BaseException:
+            self._discard(connection)
+            raise
+        else:
+            self._idle.append(connection)
+
+    def _discard(self, connection: aiosmtplib.SMTP) -> None:
+        self._open.discard(connection)
+        connection.close()
+
+    def _connect_refusal(
+        self, exc: aiosmtplib.SMTPResponseException, bound: Any
+    ) -> TransientSendError:
+        detail = f"the SMTP server refused the connection: {exc.code} {exc.message}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == _AUTH_REQUIRED:
+            return self._login_refused(exc, bound)
+        if exc.code == SERVICE_NOT_AVAILABLE:
+            bound.warning("smtp.service_not_available", code=exc.code, reply=exc.message)
+            return TransientSendError(
+                detail, retry_after=_SERVICE_UNAVAILABLE_PAUSE, slow_down=True
+            )
+        bound.warning("smtp.connect_refused", code=exc.code, reply=exc.message)
+        return TransientSendError(detail)
+
+    def _login_refused(
+        self, exc: aiosmtplib.SMTPResponseException, bound: Any
+    ) -> TransientSendError:
+        bound.error(
+            "smtp.authentication_failed",
+            code=exc.code,
+            reply=exc.message,
+            username=self._config.username,
+            hint="check the SMTP username and password",
+        )
+        return TransientSendError(
+            f"the SMTP server refused the login: {exc.code} {exc.message}",
+            retry_after=_ACCOUNT_RETRY_SECONDS,
+            slow_down=True,
+        )
+
+    def _refusal(
+        self, step: str, exc: aiosmtplib.SMTPResponseException, bound: Any
+    ) -> ChannelError:
+        code = exc.code
+        detail = f"the SMTP server refused {step}: {code} {exc.message}"
+        if code == SERVICE_NOT_AVAILABLE:
+            bound.warning("smtp.service_not_available", step=step, reply=exc.message)
+            return TransientSendError(
+                detail, retry_after=_SERVICE_UNAVAILABLE_PAUSE, slow_down=True
+            )
+        if code == _AUTH_REQUIRED:
+            return self._login_refused(exc, bound)
+        if 400 <= code < 500:
+            bound.info("smtp.deferred", step=step, code=code, reply=exc.message)
+            return TransientSendError(detail)
+        if 500 <= code < 600:
+            suppress = step == "RCPT TO" and _blames_mailbox(exc.message)
+            bound.info("smtp.refused", step=step, code=code, reply=exc.message, suppress=suppress)
+            return PermanentSendError(detail, suppress_address=suppress)
+        # Not a reply SMTP allows here: the server is not well; try again later.
+        bound.warning("smtp.unexpected_reply", step=step, code=code, reply=exc.message)
+        return TransientSendError(detail)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the server's certificate did not verify."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _blames_mailbox(reply: str) -> bool:
+    """Whether a 5xx reply says the mailbox or its address is bad (a hard bounce).
+
+    Without an enhanced status code, a refused recipient is taken as a bad address.
+    """
+    status = _ENHANCED_STATUS.match(reply.strip())
+    return status is None or status.group(2) in _ADDRESS_SUBJECTS

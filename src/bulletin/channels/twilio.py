@@ -1,0 +1,342 @@
+"""SMS through Twilio's Programmable Messaging REST API (``2010-04-01``), and its webhooks.
+
+Sending is one form-encoded ``POST .../Accounts/{AccountSid}/Messages.json`` per message. Twilio
+has no idempotency key for it, so :class:`TwilioProvider` does not deduplicate: a send whose
+answer was lost is reported in doubt and is never retried blindly.
+
+Twilio's errors are mapped here, at the boundary, onto Bulletin's three outcomes:
+
+* rate limited (HTTP 429, code 20429): transient, and the whole account slows down;
+* a recipient Twilio will never reach (21211, 21408, 21606, 21612, 21614) or one who replied
+  STOP (21610, which also suppresses the address): permanent;
+* bad credentials or an unknown account (20003, 20404): transient for a minute, logged loudly,
+  because failing every message for good over a typo in the settings would be worse;
+* any other 4xx: permanent; any 5xx: transient;
+* a connection that could not be made: transient; a connection lost after the request went
+  out, or a success whose body cannot be read: in doubt.
+
+Webhooks (status callbacks and inbound messages) are form posts signed with
+``X-Twilio-Signature``; :func:`verify_signature`, :func:`parse_status`, :func:`parse_inbound`
+and :func:`inbound_reply` are what an endpoint needs to serve them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape
+
+import aiohttp
+import structlog
+
+from bulletin.channels.base import (
+    Accepted,
+    Inbound,
+    OutboundMessage,
+    Provider,
+    Receipt,
+    ReportedState,
+)
+from bulletin.channels.configs import TwilioConfig
+from bulletin.channels.http import ACCOUNT_RETRY_SECONDS, exchange
+from bulletin.errors import (
+    ChannelError,
+    InDoubtSendError,
+    PermanentSendError,
+    TransientSendError,
+)
+
+log = structlog.get_logger("bulletin.channels.twilio")
+
+API_VERSION = "2010-04-01"
+
+#: Twilio's "the recipient has opted out (replied STOP)".
+UNSUBSCRIBED = 21610
+#: Codes meaning this address cannot be reached by this sender, now or later.
+_UNREACHABLE_ADDRESS = frozenset({21211, 21408, 21606, 21612, 21614, UNSUBSCRIBED})
+_RATE_LIMITED = 20429
+#: Credentials or account problems that only an operator can fix.
+_ACCOUNT_PROBLEMS = frozenset({20003, 20404})
+_DEFAULT_RATE_LIMIT_PAUSE = 1.0
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+_RECEIPT_STATES = {
+    "sent": ReportedState.SENT,
+    "delivered": ReportedState.DELIVERED,
+    "read": ReportedState.READ,
+    "undelivered": ReportedState.FAILED,
+    "failed": ReportedState.FAILED,
+}
+
+#: Short explanations of the delivery error codes Twilio reports most often.
+_DELIVERY_ERRORS = {
+    "21610": "the recipient has unsubscribed (replied STOP)",
+    "21211": "invalid 'To' phone number",
+    "21408": "sending to this region is not enabled",
+    "21612": "Twilio cannot route to this number",
+    "21614": "the number is not a mobile number",
+    "30001": "queue overflow",
+    "30002": "account suspended",
+    "30003": "unreachable destination handset",
+    "30004": "message blocked",
+    "30005": "unknown destination handset",
+    "30006": "landline or unreachable carrier",
+    "30007": "message filtered by the carrier",
+    "30008": "unknown error",
+    "30034": "message from an unregistered number (US A2P 10DLC)",
+}
+
+
+class TwilioProvider(Provider):
+    """Sends SMS through one Twilio account, from one number or one Messaging Service.
+
+    The aiohttp session belongs to the caller, who closes it. ``status_callback_url``, when
+    given, is sent as each message's ``StatusCallback`` with ``delivery=<delivery id>`` added
+    to its query, so that receipts name the delivery they are about.
+    """
+
+    name = "twilio"
+    deduplicates = False
+
+    def __init__(
+        self,
+        config: TwilioConfig,
+        session: aiohttp.ClientSession,
+        *,
+        status_callback_url: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if config.auth_token is None:
+            raise ValueError("a Twilio configuration needs an auth_token to send")
+        self._session = session
+        self._status_callback_url = status_callback_url
+        self._sender = (
+            ("From", config.from_number)
+            if config.from_number is not None
+            else ("MessagingServiceSid", str(config.messaging_service_sid))
+        )
+        self._account_sid = config.account_sid
+        self._url = (
+            f"{config.base_url_str()}/{API_VERSION}/Accounts/{config.account_sid}/Messages.json"
+        )
+        credentials = f"{config.account_sid}:{config.auth_token.get_secret_value()}".encode()
+        self._headers = {
+            "Accept": "application/json",
+            "Authorization": "Basic " + base64.b64encode(credentials).decode("ascii"),
+        }
+        # No total limit: the engine bounds the whole send. Only making the connection is
+        # bounded here, because a failure to connect is known not to have sent anything.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self.account = f"twilio:{config.account_sid}:{self._sender[1]}"
+        self.rate_per_second = config.rate_per_second
+
+    def _form(self, message: OutboundMessage) -> dict[str, str]:
+        fields = {
+            "To": message.address,
+            self._sender[0]: self._sender[1],
+            "Body": f"{message.title}\n{message.body}" if message.title else message.body,
+        }
+        if self._status_callback_url is not None:
+            fields["StatusCallback"] = _with_delivery_id(
+                self._status_callback_url, message.delivery_id
+            )
+        return fields
+
+    async def send(self, message: OutboundMessage) -> Accepted:
+        """Create the Message resource; its sid (``SM...``/``MM...``) is the provider id."""
+        bound = log.bind(delivery_id=message.delivery_id, account_sid=self._account_sid)
+        answer = await exchange(
+            self._session,
+            self._url,
+            provider="Twilio",
+            bound=bound,
+            data=self._form(message),
+            headers=self._headers,
+            timeout=self._timeout,
+        )
+        status, retry_after, raw = answer.status, answer.retry_after, answer.body
+        if answer.error is not None or status is None or raw is None:
+            if status is not None and not 200 <= status < 300:
+                # The status line already said no; only the explanation was lost.
+                raise self._refusal(bound, status, retry_after, _TwilioError(None, None))
+            bound.warning("twilio.in_doubt", error=repr(answer.error), status=status)
+            raise InDoubtSendError(
+                f"the connection to Twilio failed after the request was sent: {answer.error!r}"
+            ) from answer.error
+
+        if 200 <= status < 300:
+            sid = _message_sid(raw)
+            if sid is None:
+                bound.warning("twilio.unreadable_success", status=status, body=raw[:200])
+                raise InDoubtSendError(f"Twilio answered {status} with no readable message sid")
+            return Accepted(sid)
+        raise self._refusal(bound, status, retry_after, _TwilioError.parse(raw))
+
+    def _refusal(
+        self,
+        bound: Any,
+        status: int,
+        retry_after: float | None,
+        error: _TwilioError,
+    ) -> ChannelError:
+        code = error.code
+        detail = f"Twilio answered {status}" + (f", {error}" if code or error.message else "")
+        if status == 429 or code == _RATE_LIMITED:
+            pause = retry_after if retry_after is not None else _DEFAULT_RATE_LIMIT_PAUSE
+            bound.warning("twilio.rate_limited", status=status, code=code, retry_after=pause)
+            return TransientSendError(detail, retry_after=pause, slow_down=True)
+        if code in _UNREACHABLE_ADDRESS:
+            return PermanentSendError(detail, suppress_address=code == UNSUBSCRIBED)
+        if status in (401, 404) or code in _ACCOUNT_PROBLEMS:
+            bound.error(
+                "twilio.account_problem",
+                status=status,
+                code=code,
+                message=error.message,
+                hint="check the Twilio account SID and auth token",
+            )
+            return TransientSendError(detail, retry_after=ACCOUNT_RETRY_SECONDS, slow_down=True)
+        if 400 <= status < 500:
+            return PermanentSendError(detail)
+        if status >= 500:
+            bound.warning("twilio.server_error", status=status, code=code)
+            return TransientSendError(detail, retry_after=retry_after)
+        # A redirect or an informational answer: the base URL points somewhere else.
+        bound.error("twilio.unexpected_status", status=status, url=self._url)
+        return TransientSendError(detail, retry_after=ACCOUNT_RETRY_SECONDS, slow_down=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _TwilioError:
+    code: int | None
+    message: str | None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> _TwilioError:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return cls(None, None)
+        if not isinstance(payload, dict):
+            return cls(None, None)
+        code = payload.get("code")
+        message = payload.get("message")
+        if isinstance(code, str) and code.isdigit():
+            code = int(code)
+        return cls(
+            code if isinstance(code, int) and not isinstance(code, bool) else None,
+            message if isinstance(message, str) else None,
+        )
+
+    def __str__(self) -> str:
+        return f"code {self.code}: {self.message or 'no message'}"
+
+
+def _message_sid(raw: bytes) -> str | None:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None
+    sid = payload.get("sid") if isinstance(payload, dict) else None
+    return sid if isinstance(sid, str) and sid else None
+
+
+def _with_delivery_id(url: str, delivery_id: int) -> str:
+    if url.endswith(("?", "&")):
+        return f"{url}delivery={delivery_id}"
+    return f"{url}{'&' if '?' in url else '?'}delivery={delivery_id}"
+
+
+def _sorted_pairs(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    # Sorting the pairs orders by name, then by value for a name given more than once.
+    return sorted(pairs)
+
+
+def signature(
+    auth_token: str, url: str, params: Mapping[str, str] | Sequence[tuple[str, str]]
+) -> str:
+    """The ``X-Twilio-Signature`` Twilio sends with a form post of ``params`` to ``url``.
+
+    It is base64(HMAC-SHA1(auth token, url followed by every parameter's name and value,
+    sorted by name)). ``url`` is the full URL Twilio was given, query string included.
+    """
+    data = url + "".join(name + value for name, value in _sorted_pairs(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_signature(
+    auth_token: str,
+    url: str,
+    params: Mapping[str, str] | Sequence[tuple[str, str]],
+    header: str | None,
+) -> bool:
+    """Whether ``header`` is Twilio's signature of this post; ``False`` when it is missing."""
+    if not header:
+        return False
+    expected = signature(auth_token, url, params)
+    return hmac.compare_digest(expected.encode(), header.strip().encode())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_status(params: Mapping[str, str], delivery_id: int | None) -> Receipt | None:
+    """The receipt a status callback reports, or ``None`` when its status is not one we track.
+
+    ``delivery_id`` is the ``delivery`` query parameter of the callback URL, when present.
+    Twilio puts no time in its callbacks, so the receipt is dated when it is read.
+    """
+    status = params.get("MessageStatus") or params.get("SmsStatus")
+    sid = params.get("MessageSid") or params.get("SmsSid") or None
+    state = _RECEIPT_STATES.get(status or "")
+    if state is None or (sid is None and delivery_id is None):
+        return None
+    if state is not ReportedState.FAILED:
+        return Receipt(provider_message_id=sid, delivery_id=delivery_id, state=state, at=_now())
+    code = (params.get("ErrorCode") or "").strip()
+    if code:
+        detail = f"{code}: {_DELIVERY_ERRORS.get(code, f'message {status}')}"
+    else:
+        detail = f"message {status}"
+    return Receipt(
+        provider_message_id=sid,
+        delivery_id=delivery_id,
+        state=state,
+        at=_now(),
+        detail=detail,
+        suppress_address=code == str(UNSUBSCRIBED),
+    )
+
+
+def parse_inbound(params: Mapping[str, str]) -> Inbound | None:
+    """The message a person texted to one of our numbers, or ``None`` if this is not one.
+
+    Status callbacks carry a ``MessageStatus`` other than ``received`` and are not inbound.
+    Only senders with an E.164 number are read: a ``whatsapp:`` address is not an SMS.
+    """
+    for field in ("MessageStatus", "SmsStatus"):
+        if params.get(field, "received") != "received":
+            return None
+    sender, to, body = params.get("From"), params.get("To"), params.get("Body")
+    if sender is None or to is None or body is None or not _E164.fullmatch(sender):
+        return None
+    return Inbound(channel="sms", address=sender, text=body, at=_now())
+
+
+def inbound_reply(text: str | None) -> str:
+    """The TwiML answer to an inbound message: empty, or one ``<Message>`` replying ``text``."""
+    head = '<?xml version="1.0" encoding="UTF-8"?>'
+    if not text:
+        return f"{head}<Response/>"
+    return f"{head}<Response><Message>{escape(text)}</Message></Response>"

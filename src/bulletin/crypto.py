@@ -1,0 +1,92 @@
+"""Secrets at rest and signed links.
+
+* :class:`SecretBox` encrypts provider secrets (tokens, passwords) with the key(s) in
+  ``BULLETIN_SECRET_KEY``: Fernet (AES-128-CBC with HMAC-SHA256). Several comma-separated keys
+  may be given to rotate: the first encrypts, any of them decrypts.
+* :func:`signing_key` is this installation's key for signing links sent to people (unsubscribe),
+  made on first use and kept in the database, so links outlive restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import select
+
+from bulletin.db import Database, upsert_statement, utcnow
+from bulletin.orgs.models import InstanceSecret
+
+
+class SecretKeyError(ValueError):
+    """``BULLETIN_SECRET_KEY`` is malformed, or cannot decrypt what is stored."""
+
+
+def generate_key() -> str:
+    """A new key for ``BULLETIN_SECRET_KEY``."""
+    return Fernet.generate_key().decode()
+
+
+class SecretBox:
+    """Encrypts and decrypts a mapping of secret values as one token."""
+
+    def __init__(self, keys: str) -> None:
+        parts = [k.strip() for k in keys.split(",") if k.strip()]
+        if not parts:
+            raise SecretKeyError("BULLETIN_SECRET_KEY is empty")
+        try:
+            self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
+        except (ValueError, TypeError) as exc:
+            raise SecretKeyError(
+                "BULLETIN_SECRET_KEY must be one or more comma-separated Fernet keys "
+                "(make one with `bulletin secret-key`)"
+            ) from exc
+
+    def seal(self, values: dict[str, str]) -> str:
+        return self._fernet.encrypt(json.dumps(values, sort_keys=True).encode()).decode()
+
+    def open(self, token: str) -> dict[str, str]:
+        try:
+            opened = json.loads(self._fernet.decrypt(token.encode()))
+        except InvalidToken as exc:
+            raise SecretKeyError(
+                "stored provider secrets cannot be decrypted with BULLETIN_SECRET_KEY "
+                "(was the key changed without keeping the old one?)"
+            ) from exc
+        return {str(k): str(v) for k, v in opened.items()}
+
+
+_SIGNING = "link-signing-key"
+
+
+async def signing_key(db: Database) -> bytes:
+    """This installation's link-signing key, made the first time it is needed."""
+    async with db.transaction() as session:
+        statement = upsert_statement(session, InstanceSecret).values(
+            name=_SIGNING, value=secrets.token_urlsafe(32), created_at=utcnow()
+        )
+        await session.execute(statement.on_conflict_do_nothing())
+        value = (
+            await session.execute(
+                select(InstanceSecret.value).where(InstanceSecret.name == _SIGNING)
+            )
+        ).scalar_one()
+    return value.encode()
+
+
+def sign(key: bytes, payload: str) -> str:
+    """``payload`` with a MAC appended, safe in a URL path."""
+    mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()[:16]
+    return f"{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def unsign(key: bytes, token: str) -> str | None:
+    """The payload of a token made by :func:`sign`, or ``None`` when it was not."""
+    payload, _, _mac = token.rpartition(".")
+    if not payload:
+        return None
+    return payload if hmac.compare_digest(sign(key, payload), token) else None

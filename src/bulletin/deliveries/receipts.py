@@ -1,0 +1,202 @@
+"""What providers tell us after a send: receipts move deliveries forward, replies change
+preferences.
+
+Receipts arrive late, out of order and more than once. Each is applied only when it moves the
+delivery forward (``sent -> delivered -> read``, or to ``failed`` before delivery), so a
+repeat or a latecomer changes nothing. A receipt settles an ``unknown`` delivery: the provider
+had it after all. A ``failed`` receipt falls back to the person's next channel (routing
+``first``), exactly as a failure at send time does.
+
+Inbound messages: a stop keyword turns the channel off for that person (and suppresses the
+address), a start keyword turns it back on, and any WhatsApp message opens the person's
+24-hour window for free-form messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bulletin.channels.base import Inbound, Receipt
+from bulletin.channels.keywords import classify
+from bulletin.db import dialect_name, utcnow
+from bulletin.deliveries import repository
+from bulletin.deliveries.models import Delivery, Suppression
+from bulletin.deliveries.states import DeliveryState, receipt_moves_forward
+from bulletin.recipients import repository as recipients
+
+log = structlog.get_logger("bulletin.receipts")
+
+
+@dataclass
+class Applied:
+    """How many receipts moved a delivery, changed nothing, or matched no delivery."""
+
+    moved: int = 0
+    unchanged: int = 0
+    unmatched: int = 0
+
+
+async def _find(
+    session: AsyncSession, provider: str, receipt: Receipt, orgs: Sequence[uuid.UUID] | None
+) -> Delivery | None:
+    query = select(Delivery)
+    if receipt.delivery_id is not None:
+        query = query.where(Delivery.id == receipt.delivery_id)
+    elif receipt.provider_message_id is not None:
+        query = query.where(
+            Delivery.provider == provider,
+            Delivery.provider_message_id == receipt.provider_message_id,
+        )
+    else:
+        return None
+    if orgs is not None:
+        query = query.where(Delivery.org_id.in_(list(orgs)))
+    if dialect_name(session) == "postgresql":
+        query = query.with_for_update()
+    delivery = (await session.execute(query)).scalars().first()
+    if delivery is None:
+        return None
+    # The echoed delivery id must agree with the provider's reference, when both are known.
+    mine, theirs = delivery.provider_message_id, receipt.provider_message_id
+    if mine is not None and theirs is not None and mine != theirs:
+        return None
+    return delivery
+
+
+async def apply_receipts(
+    session: AsyncSession,
+    provider: str,
+    receipts: Sequence[Receipt],
+    orgs: Sequence[uuid.UUID] | None,
+) -> Applied:
+    """Apply verified receipts from ``provider``'s account serving ``orgs`` (``None``: any)."""
+    result = Applied()
+    now = utcnow()
+    failed: list[int] = []
+    for receipt in receipts:
+        delivery = await _find(session, provider, receipt, orgs)
+        if delivery is None:
+            result.unmatched += 1
+            continue
+        current = DeliveryState(delivery.state)
+        reported = DeliveryState(receipt.state.value)
+        if not receipt_moves_forward(current, reported):
+            result.unchanged += 1
+            continue
+        result.moved += 1
+        delivery.state = reported.value
+        delivery.updated_at = now
+        delivery.lease_expires_at = None
+        delivery.provider = delivery.provider or provider
+        delivery.provider_message_id = delivery.provider_message_id or receipt.provider_message_id
+        if delivery.sent_at is None:
+            delivery.sent_at = receipt.at
+        detail = f"{provider} reports {reported.value}"
+        if receipt.detail:
+            detail += f": {receipt.detail}"
+        if current in (DeliveryState.UNKNOWN, DeliveryState.SENDING):
+            detail += f" (was {current.value})"
+        if reported == DeliveryState.FAILED:
+            delivery.reason = detail
+            failed.append(delivery.id)
+            if receipt.suppress_address:
+                address = await _address(session, delivery)
+                if address is not None:
+                    await repository.add_suppression(
+                        session, delivery.org_id, delivery.channel, address, detail, now
+                    )
+        elif reported in (DeliveryState.DELIVERED, DeliveryState.READ):
+            delivery.fallback_at = None
+        await repository.add_events(
+            session,
+            [
+                {
+                    "delivery_id": delivery.id,
+                    "at": receipt.at,
+                    "state": reported.value,
+                    "attempt": delivery.attempt,
+                    "detail": detail,
+                }
+            ],
+        )
+    await session.flush()
+    if failed:
+        await repository.fall_back(session, failed, now)
+    return result
+
+
+async def _address(session: AsyncSession, delivery: Delivery) -> str | None:
+    from bulletin.worker.policy import address_of
+
+    found = await recipients.by_ids(session, [delivery.recipient_id])
+    return address_of(found[0], delivery.channel) if found else None
+
+
+_PREFERENCE = {"whatsapp": "pref_whatsapp", "sms": "pref_sms"}
+
+
+async def apply_inbound(
+    session: AsyncSession, messages: Sequence[Inbound], orgs: Sequence[uuid.UUID] | None
+) -> int:
+    """Act on people's messages; returns how many people's preferences changed."""
+    changed = 0
+    now = utcnow()
+    for inbound in messages:
+        if inbound.channel == "whatsapp":
+            people = await recipients.with_whatsapp(session, _list(orgs), inbound.address)
+            for person in people:
+                if person.whatsapp_inbound_at is None or person.whatsapp_inbound_at < inbound.at:
+                    person.whatsapp_inbound_at = inbound.at
+        else:
+            people = await recipients.with_phone(session, _list(orgs), inbound.address)
+        keyword = classify(inbound.text)
+        if keyword not in ("stop", "start"):
+            continue
+        enable = keyword == "start"
+        for person in people:
+            setattr(person, _PREFERENCE[inbound.channel], enable)
+            person.updated_at = now
+            changed += 1
+        for org_id in {p.org_id for p in people}:
+            if enable:
+                await session.execute(
+                    delete(Suppression).where(
+                        Suppression.org_id == org_id,
+                        Suppression.channel == inbound.channel,
+                        Suppression.address == inbound.address,
+                    )
+                )
+            else:
+                await repository.add_suppression(
+                    session,
+                    org_id,
+                    inbound.channel,
+                    inbound.address,
+                    f"the person replied {inbound.text.strip()!r}",
+                    now,
+                )
+        log.info(
+            "receipts.inbound_keyword",
+            channel=inbound.channel,
+            keyword=keyword,
+            people=len(people),
+        )
+    await session.flush()
+    return changed
+
+
+def _list(orgs: Sequence[uuid.UUID] | None) -> list[uuid.UUID] | None:
+    return None if orgs is None else list(orgs)
+
+
+def window_open(inbound_at: dt.datetime | None, now: dt.datetime) -> bool:
+    """Whether WhatsApp's 24-hour customer-service window is open for free-form messages."""
+    # A minute's margin: the send must reach Meta while the window is still open.
+    return inbound_at is not None and now - inbound_at < dt.timedelta(hours=24, minutes=-1)

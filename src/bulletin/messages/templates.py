@@ -1,0 +1,286 @@
+"""Message text as Jinja2 templates, rendered per recipient in a sandbox.
+
+A title, a body, a per-channel override or a WhatsApp template parameter may use Jinja2 with
+the recipient's fields and attributes: ``Hello {{ recipient.name }}``,
+``{{ recipient.attributes.site }}``. Text without template syntax is used as it is.
+
+Mistakes are caught when the message is created, not at send time: :func:`check` compiles
+every template and renders it for a probe recipient (and for named recipients), so a syntax
+error, an unknown variable or a misspelt recipient field is a 422. A missing *attribute*
+renders as empty text, because attributes legitimately differ from person to person.
+
+The sandbox refuses access to Python internals, and the few operations that could make a
+huge string (repetition, powers, long loops) are bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from bulletin.errors import FieldError, InvalidRequest
+
+#: Longest text any one template may render to.
+MAX_RENDERED = 64_000
+_MARKERS = ("{{", "{%", "{#")
+
+
+class TemplateFailed(ValueError):
+    """A template could not be compiled or rendered; the message says why, for people."""
+
+
+class _Attributes(dict[str, Any]):
+    """A recipient's attributes: a missing one renders as empty text rather than failing."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class _Bounded(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator_: str, left: Any, right: Any
+    ) -> Any:
+        if operator_ == "**":
+            if isinstance(right, int | float) and abs(right) > 100:
+                raise TemplateFailed("exponent too large")
+            return operator.pow(left, right)
+        for sequence, count in ((left, right), (right, left)):
+            sized = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+            if sized and len(sequence) * count > MAX_RENDERED:
+                raise TemplateFailed("repetition would make the text too long")
+        return operator.mul(left, right)
+
+
+@functools.cache
+def _environment(html: bool) -> _Bounded:
+    return _Bounded(
+        undefined=jinja2.StrictUndefined,
+        autoescape=html,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientView:
+    """What a template sees of a recipient."""
+
+    external_id: str
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    whatsapp: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def context(self) -> dict[str, Any]:
+        return {
+            "external_id": self.external_id,
+            "name": self.name or "",
+            "email": self.email or "",
+            "phone": self.phone or "",
+            "whatsapp": self.whatsapp or "",
+            "locale": self.locale or "",
+            "timezone": self.timezone or "",
+            "attributes": _Attributes(self.attributes),
+        }
+
+
+#: The recipient :func:`check` renders every template for.
+PROBE = RecipientView(
+    external_id="probe",
+    name="Probe Person",
+    email="probe@example.org",
+    phone="+10000000000",
+    whatsapp="+10000000000",
+    locale="en",
+    timezone="UTC",
+)
+
+
+class _Namespace(dict[str, Any]):
+    """``recipient.x`` on a dict: an unknown field is an error, so typos are caught."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+Renderer = Callable[[Mapping[str, Any]], str]
+
+
+def compile_text(source: str, *, html: bool = False) -> Renderer:
+    """A function that renders ``source`` with a context; raises :class:`TemplateFailed`."""
+    if not any(marker in source for marker in _MARKERS):
+        return lambda _context: source
+    try:
+        template = _environment(html).from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateFailed(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+
+    def render(context: Mapping[str, Any]) -> str:
+        try:
+            text = template.render(context)
+        except TemplateFailed:
+            raise
+        except jinja2.UndefinedError as exc:
+            raise TemplateFailed(_explain_undefined(str(exc))) from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateFailed(f"template error: {exc}") from exc
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+            raise TemplateFailed(f"template error: {type(exc).__name__}: {exc}") from exc
+        if len(text) > MAX_RENDERED:
+            raise TemplateFailed(f"the text renders longer than {MAX_RENDERED} characters")
+        return text
+
+    return render
+
+
+_FIELDS = ", ".join(sorted(PROBE.context()))
+
+
+def _explain_undefined(error: str) -> str:
+    missing = re.search(r"has no attribute '([^']*)'", error)
+    if missing and "_Namespace" in error:
+        return (
+            f"recipient has no field {missing.group(1)!r}; the fields are {_FIELDS}, "
+            "and attributes.<name> for the recipient's own attributes"
+        )
+    name = re.search(r"'([^']*)' is undefined", error)
+    if name:
+        return (
+            f"{name.group(1)!r} is not defined here; a title can use recipient, a body also "
+            "title, an HTML part or a template parameter also body"
+        )
+    return f"template uses something that does not exist: {error}"
+
+
+def context_for(recipient: RecipientView, **extra: Any) -> dict[str, Any]:
+    return {"recipient": _Namespace(recipient.context()), **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What one recipient is sent on one channel."""
+
+    title: str
+    body: str
+    html: str | None = None
+    template_parameters: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateChoice:
+    """A WhatsApp template to send, with the Jinja2 sources of its body parameters."""
+
+    name: str
+    language: str
+    parameters: tuple[str, ...] = ()
+
+
+class MessageTemplates:
+    """Every template of one message, compiled once and rendered per recipient and channel."""
+
+    def __init__(
+        self,
+        title: str,
+        body: str,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._title = compile_text(title)
+        self._body = compile_text(body)
+        self._channel: dict[str, dict[str, Renderer]] = {}
+        self._params: dict[str, list[Renderer]] = {}
+        #: The WhatsApp template the message itself names, if any.
+        self.whatsapp_template: TemplateChoice | None = None
+        for channel, content in (overrides or {}).items():
+            compiled: dict[str, Renderer] = {}
+            for part in ("title", "body"):
+                if content.get(part) is not None:
+                    compiled[part] = compile_text(content[part])
+            if content.get("html") is not None:
+                compiled["html"] = compile_text(content["html"], html=True)
+            self._channel[channel] = compiled
+            template = content.get("template")
+            if template is not None:
+                sources = tuple(template.get("parameters", []))
+                self._params[channel] = [compile_text(p) for p in sources]
+                if channel == "whatsapp":
+                    self.whatsapp_template = TemplateChoice(
+                        template["name"], template.get("language", "en"), sources
+                    )
+
+    def render(
+        self,
+        channel: str,
+        recipient: RecipientView,
+        *,
+        template_parameters: list[str] | None = None,
+    ) -> Content:
+        """The content for ``recipient`` on ``channel``; raises :class:`TemplateFailed`.
+
+        ``template_parameters`` are the parameters of a WhatsApp template that does not come
+        from the message itself (the provider's default template).
+        """
+        context = context_for(recipient)
+        own = self._channel.get(channel, {})
+        title = (own.get("title") or self._title)(context)
+        body = (own.get("body") or self._body)(context | {"title": title})
+        if channel == "sms" and "body" in own:
+            title = ""  # an SMS override is the whole text
+        html = own["html"](context | {"title": title, "body": body}) if "html" in own else None
+        filled = context | {"title": title, "body": body}
+        parameters: tuple[str, ...] | None = None
+        if channel in self._params:
+            parameters = tuple(p(filled) for p in self._params[channel])
+        elif template_parameters is not None:
+            parameters = tuple(compile_text(p)(filled) for p in template_parameters)
+        return Content(title, body, html, parameters)
+
+
+def check(
+    title: str,
+    body: str,
+    overrides: Mapping[str, Mapping[str, Any]],
+    recipients: list[RecipientView],
+    loc: tuple[str, ...] = ("body",),
+) -> MessageTemplates:
+    """Compile and try every template of a message; a problem is a 422 naming the field."""
+    # What each kind of text may refer to: a title only the recipient, a body also the
+    # title, an HTML part or a template parameter also the body.
+    sees = {"title": {}, "body": {"title": ""}, "html": {"title": "", "body": ""}}
+    sources: list[tuple[tuple[str | int, ...], str, str]] = [
+        ((*loc, "title"), title, "title"),
+        ((*loc, "body"), body, "body"),
+    ]
+    for channel, content in overrides.items():
+        for part in ("title", "body", "html"):
+            if content.get(part) is not None:
+                sources.append(((*loc, "overrides", channel, part), content[part], part))
+        template = content.get("template") or {}
+        for i, parameter in enumerate(template.get("parameters", [])):
+            where: tuple[str | int, ...] = (*loc, "overrides", channel, "template", "parameters", i)
+            sources.append((where, parameter, "html"))
+    errors: list[FieldError] = []
+    for where, source, kind in sources:
+        try:
+            renderer = compile_text(source, html=kind == "html" and where[-1] == "html")
+            for recipient in [PROBE, *recipients]:
+                renderer(context_for(recipient, **sees[kind]))
+        except TemplateFailed as exc:
+            errors.append(FieldError(where, str(exc), "template_invalid"))
+    if errors:
+        raise InvalidRequest("A template in the message cannot be rendered.", errors)
+    return MessageTemplates(title, body, overrides)

@@ -1,0 +1,914 @@
+"""The WhatsApp Cloud API adapter against the local Cloud API server, and webhook parsing.
+
+Every test talks HTTP to a real server on 127.0.0.1: what the adapter sends is read back from
+the server's ledger, and each failure is produced the way the Cloud API produces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from bulletin.channels.base import (
+    Inbound,
+    OutboundMessage,
+    Receipt,
+    ReportedState,
+    WhatsAppTemplate,
+)
+from bulletin.channels.configs import WhatsAppCloudConfig
+from bulletin.channels.whatsapp import (
+    SIGNATURE_HEADER,
+    WhatsAppCloudProvider,
+    parse_webhook,
+    sign,
+    verify_signature,
+)
+from bulletin.devservers.whatsapp import (
+    DropAfterAccept,
+    GraphError,
+    Latency,
+    RawAnswer,
+    ResetBeforeAccept,
+    WhatsAppCloudServer,
+    inbound_payload,
+    post_webhook,
+    status_error,
+    status_payload,
+)
+from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+
+TOKEN = "EAAG-test-token-do-not-log"
+PHONE_ID = "106540352242922"
+APP_SECRET = "app-secret-for-tests"
+TO = "+31612345678"
+
+
+def config(base_url: str, **fields: Any) -> WhatsAppCloudConfig:
+    return WhatsAppCloudConfig.model_validate(
+        {"phone_number_id": PHONE_ID, "access_token": TOKEN, "base_url": base_url, **fields}
+    )
+
+
+def outbound(
+    *,
+    delivery_id: int = 4242,
+    title: str = "Water outage",
+    body: str = "No water on Elm Street until 15:00.",
+    template: WhatsAppTemplate | None = None,
+    address: str = TO,
+) -> OutboundMessage:
+    return OutboundMessage(
+        delivery_id=delivery_id,
+        attempt=1,
+        org_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        channel="whatsapp",
+        address=address,
+        recipient_external_id="p-1",
+        recipient_name="Ada",
+        locale="en",
+        title=title,
+        body=body,
+        category=None,
+        whatsapp_template=template,
+    )
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[WhatsAppCloudServer]:
+    async with WhatsAppCloudServer(
+        access_token=TOKEN, phone_number_id=PHONE_ID, api_version="v21.0"
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def provider(server: WhatsAppCloudServer, session: aiohttp.ClientSession) -> WhatsAppCloudProvider:
+    return WhatsAppCloudProvider(config(server.base_url), session)
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+def test_provider_identity_comes_from_its_configuration(
+    provider: WhatsAppCloudProvider,
+) -> None:
+    assert provider.name == "whatsapp_cloud"
+    assert provider.deduplicates is False
+    assert provider.account == f"whatsapp:{PHONE_ID}"
+    assert provider.rate_per_second == 80.0
+    assert provider.pair_interval_seconds == 6.0
+
+
+async def test_text_message_arrives_as_cloud_api_json(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    accepted = await provider.send(outbound())
+
+    [message] = server.accepted
+    assert accepted.provider_message_id == message.wamid
+    assert message.wamid.startswith("wamid.")
+    assert message.to == "31612345678"
+    assert message.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "31612345678",
+        "biz_opaque_callback_data": "4242",
+        "type": "text",
+        "text": {
+            "preview_url": False,
+            "body": "*Water outage*\n\nNo water on Elm Street until 15:00.",
+        },
+    }
+
+
+async def test_text_without_title_is_just_the_body(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    await provider.send(outbound(title="", body="Reply STOP to stop."))
+
+    assert server.accepted[0].body["text"] == {"preview_url": False, "body": "Reply STOP to stop."}
+
+
+async def test_each_send_gets_its_own_wamid(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    first = await provider.send(outbound(delivery_id=1))
+    second = await provider.send(outbound(delivery_id=2))
+
+    assert first.provider_message_id != second.provider_message_id
+    assert [m.body["biz_opaque_callback_data"] for m in server.accepted] == ["1", "2"]
+
+
+async def test_template_message_with_parameters(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    template = WhatsAppTemplate("outage_notice", "en_US", ("Ada", "Elm Street"))
+
+    accepted = await provider.send(outbound(template=template))
+
+    [message] = server.accepted
+    assert accepted.provider_message_id == message.wamid
+    assert message.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "31612345678",
+        "biz_opaque_callback_data": "4242",
+        "type": "template",
+        "template": {
+            "name": "outage_notice",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Ada"},
+                        {"type": "text", "text": "Elm Street"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+async def test_template_without_parameters_has_no_components(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    await provider.send(outbound(template=WhatsAppTemplate("hello_world", "en")))
+
+    assert server.accepted[0].body["template"] == {
+        "name": "hello_world",
+        "language": {"code": "en"},
+    }
+
+
+async def test_status_webhook_names_the_delivery_that_was_sent(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    accepted = await provider.send(outbound(delivery_id=987654321))
+    [message] = server.accepted
+
+    payload = status_payload(
+        PHONE_ID,
+        message.wamid,
+        "delivered",
+        message.to,
+        callback_data=message.body["biz_opaque_callback_data"],
+        timestamp=1_700_000_000,
+    )
+    [receipt] = parse_webhook(payload).receipts
+
+    assert receipt == Receipt(
+        provider_message_id=accepted.provider_message_id,
+        delivery_id=987654321,
+        state=ReportedState.DELIVERED,
+        at=dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC),
+    )
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [130429, 4, 80007])
+async def test_rate_limits_slow_the_whole_account(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider, code: int
+) -> None:
+    server.fail_next(code=code)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.slow_down is True
+    assert caught.value.retry_after is not None
+    assert 1 <= caught.value.retry_after <= 10
+    assert str(code) in caught.value.detail
+    assert server.accepted == []
+
+
+async def test_rate_limit_honours_retry_after(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.fail_next(code=130429, retry_after=12)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.slow_down is True
+    assert caught.value.retry_after == 12.0
+
+
+@pytest.mark.parametrize(("pair_interval", "expected"), [(6.0, 6.0), (10.0, 10.0), (0.0, 6.0)])
+async def test_pair_rate_limit_delays_only_this_message(
+    server: WhatsAppCloudServer,
+    session: aiohttp.ClientSession,
+    pair_interval: float,
+    expected: float,
+) -> None:
+    provider = WhatsAppCloudProvider(
+        config(server.base_url, pair_interval_seconds=pair_interval), session
+    )
+    server.fail_next(code=131056)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.slow_down is False
+    assert caught.value.retry_after == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (131026, "Message undeliverable."),
+        (131030, "Recipient phone number not in allowed list"),
+        (131047, "More than 24 hours have passed since the recipient last replied."),
+        (131051, "Message type is not currently supported."),
+        (132000, "Number of parameters does not match."),
+        (132001, "template name (outage_notice) does not exist in en_US"),
+        (132005, "Translated text too long"),
+        (132007, "Template format character policy violated"),
+        (132012, "Parameter format does not match"),
+        (100, "Invalid 'to' parameter."),
+        (131999, "A code this adapter does not know, answered with 400"),
+    ],
+)
+async def test_refusals_are_permanent_without_suppressing_the_address(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider, code: int, details: str
+) -> None:
+    server.fail_next(code=code, details=details)
+
+    with pytest.raises(PermanentSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.suppress_address is False
+    assert f"code {code}" in caught.value.detail
+    assert details in caught.value.detail
+
+
+@pytest.mark.parametrize("code", [190, 10, 200])
+async def test_account_problems_pause_the_account_and_are_logged_loudly(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider, code: int
+) -> None:
+    server.fail_next(code=code)
+
+    with capture_logs() as logs, pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.retry_after == 60.0
+    assert caught.value.slow_down is True
+    [event] = [e for e in logs if e["event"] == "whatsapp.account_problem"]
+    assert event["log_level"] == "error"
+    assert event["code"] == code
+    assert TOKEN not in repr(logs)
+
+
+async def test_a_wrong_token_is_an_account_problem_not_a_refusal(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession
+) -> None:
+    provider = WhatsAppCloudProvider(
+        config(server.base_url, access_token="EAAG-expired-token"), session
+    )
+
+    with capture_logs() as logs, pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.retry_after == 60.0
+    assert caught.value.slow_down is True
+    assert "190" in caught.value.detail
+    assert any(e["event"] == "whatsapp.account_problem" for e in logs)
+    assert "EAAG-expired-token" not in repr(logs)
+
+
+async def test_a_wrong_phone_number_id_is_an_account_problem(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession
+) -> None:
+    provider = WhatsAppCloudProvider(
+        config(server.base_url, phone_number_id="999999999999999"), session
+    )
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.retry_after == 60.0
+    assert caught.value.slow_down is True
+
+
+@pytest.mark.parametrize(("code", "status"), [(131000, 500), (2, 503), (131016, 503)])
+async def test_server_errors_are_transient(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider, code: int, status: int
+) -> None:
+    server.fail_next(code=code, http_status=status)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.slow_down is False
+    assert caught.value.retry_after is None
+    assert f"answered {status}" in caught.value.detail
+
+
+async def test_server_error_honours_retry_after(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.fail_next(code=131000, http_status=503, retry_after=7)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.retry_after == 7.0
+    assert caught.value.slow_down is False
+
+
+async def test_a_proxy_error_page_is_transient(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.inject(RawAnswer(status=502, accept=False))
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert "502" in caught.value.detail
+
+
+async def test_a_retry_after_the_fault_succeeds(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.fail_next(2, code=131000, http_status=500)
+
+    for _ in range(2):
+        with pytest.raises(TransientSendError):
+            await provider.send(outbound())
+    accepted = await provider.send(outbound())
+
+    assert [m.wamid for m in server.accepted] == [accepted.provider_message_id]
+
+
+async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port once the probe is closed.
+    provider = WhatsAppCloudProvider(config(f"http://127.0.0.1:{port}"), session)
+
+    with pytest.raises(TransientSendError) as caught:
+        await provider.send(outbound())
+
+    assert caught.value.slow_down is False
+
+
+async def test_drop_after_accept_is_in_doubt(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.inject(DropAfterAccept())
+
+    with pytest.raises(InDoubtSendError):
+        await provider.send(outbound())
+
+    assert len(server.accepted) == 1
+
+
+async def test_reset_before_accept_is_in_doubt_too(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    # The client cannot tell the two apart: the request went out and no answer came.
+    server.inject(ResetBeforeAccept())
+
+    with pytest.raises(InDoubtSendError):
+        await provider.send(outbound())
+
+    assert server.accepted == []
+
+
+async def test_a_slow_answer_hits_the_engines_timeout(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    server.inject(Latency(30.0))
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await provider.send(outbound())
+
+    # The Cloud API had taken it: this is why a timeout after sending is "in doubt".
+    assert len(server.accepted) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b'{"messaging_product": "whatsapp", "messages": []}',
+        b'{"messaging_product": "whatsapp", "messages": [{"id": 42}]}',
+        b"[]",
+    ],
+)
+async def test_an_unreadable_success_is_in_doubt(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider, body: bytes
+) -> None:
+    server.inject(RawAnswer(status=200, body=body, content_type="application/json"))
+
+    with pytest.raises(InDoubtSendError):
+        await provider.send(outbound())
+
+    assert len(server.accepted) == 1
+
+
+async def test_a_script_decides_per_request(
+    server: WhatsAppCloudServer, provider: WhatsAppCloudProvider
+) -> None:
+    def refuse_one_number(body: dict[str, Any]) -> GraphError | None:
+        return GraphError(131026) if body["to"] == "31600000000" else None
+
+    server.script = refuse_one_number
+
+    await provider.send(outbound(address="+31611111111"))
+    with pytest.raises(PermanentSendError):
+        await provider.send(outbound(address="+31600000000"))
+
+    assert [m.to for m in server.accepted] == ["31611111111"]
+    assert [(r.to, r.code) for r in server.refused] == [("31600000000", 131026)]
+
+
+async def test_pair_interval_enforcement_reports_a_second_message_to_one_person(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with WhatsAppCloudServer(
+        access_token=TOKEN, phone_number_id=PHONE_ID, pair_interval=3600
+    ) as server:
+        provider = WhatsAppCloudProvider(config(server.base_url), session)
+        await provider.send(outbound(address="+31611111111"))
+        await provider.send(outbound(address="+31622222222"))
+        with pytest.raises(TransientSendError) as caught:
+            await provider.send(outbound(address="+31611111111"))
+
+    assert caught.value.slow_down is False
+    assert "131056" in caught.value.detail
+    assert len(server.sent_to("+31611111111")) == 1
+    assert [r.code for r in server.refused] == [131056]
+
+
+async def test_throughput_enforcement_refuses_a_burst(session: aiohttp.ClientSession) -> None:
+    async with WhatsAppCloudServer(
+        access_token=TOKEN, phone_number_id=PHONE_ID, max_per_second=2
+    ) as server:
+        provider = WhatsAppCloudProvider(config(server.base_url), session)
+        results = await asyncio.gather(
+            *(provider.send(outbound(address=f"+3161111{n:04d}")) for n in range(10)),
+            return_exceptions=True,
+        )
+
+    refused = [r for r in results if isinstance(r, TransientSendError)]
+    assert refused
+    assert all(r.slow_down for r in refused)
+    assert len(server.accepted) + len(refused) == 10
+
+
+# --- the server's own validation ------------------------------------------------------------
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: object,
+    token: str | None = TOKEN,
+) -> tuple[int, dict[str, Any]]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with session.post(url, json=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def _messages_url(server: WhatsAppCloudServer, phone_id: str = PHONE_ID) -> str:
+    return f"{server.base_url}/v21.0/{phone_id}/messages"
+
+
+async def test_server_answers_success_like_the_cloud_api(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession
+) -> None:
+    text = {"preview_url": False, "body": "hi"}
+    body = {"messaging_product": "whatsapp", "to": "+31612345678", "type": "text", "text": text}
+
+    status, answer = await _post(session, _messages_url(server), body)
+
+    assert status == 200
+    assert answer == {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": "+31612345678", "wa_id": "31612345678"}],
+        "messages": [{"id": server.accepted[0].wamid}],
+    }
+
+
+async def test_server_marks_template_sends_accepted(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession
+) -> None:
+    template = {"name": "hello_world", "language": {"code": "en_US"}}
+    body = {"messaging_product": "whatsapp", "to": "31612345678", "type": "template"}
+
+    status, answer = await _post(session, _messages_url(server), {**body, "template": template})
+
+    assert status == 200
+    assert answer["messages"] == [{"id": server.accepted[0].wamid, "message_status": "accepted"}]
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_server_refuses_a_bad_token_with_190(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession, token: str | None
+) -> None:
+    body = {"messaging_product": "whatsapp", "to": "31612345678", "text": {"body": "hi"}}
+
+    status, answer = await _post(session, _messages_url(server), body, token=token)
+
+    assert status == 401
+    assert answer["error"]["code"] == 190
+    assert answer["error"]["type"] == "OAuthException"
+    assert "fbtrace_id" in answer["error"]
+    assert server.accepted == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"to": "31612345678", "type": "text", "text": {"body": "hi"}},
+        {"messaging_product": "whatsapp", "type": "text", "text": {"body": "hi"}},
+        {"messaging_product": "whatsapp", "to": "not-a-number", "text": {"body": "hi"}},
+        {"messaging_product": "whatsapp", "to": "31612345678", "type": "text"},
+        {"messaging_product": "whatsapp", "to": "31612345678", "text": {"body": ""}},
+        {"messaging_product": "whatsapp", "to": "31612345678", "type": "sticker"},
+        {"messaging_product": "whatsapp", "to": "31612345678", "type": "template"},
+        {
+            "messaging_product": "whatsapp",
+            "to": "31612345678",
+            "type": "template",
+            "template": {"name": "hello_world"},
+        },
+        ["not", "an", "object"],
+    ],
+)
+async def test_server_refuses_a_malformed_message_with_100(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession, body: object
+) -> None:
+    status, answer = await _post(session, _messages_url(server), body)
+
+    assert status == 400
+    assert answer["error"]["code"] == 100
+    assert server.accepted == []
+
+
+async def test_server_refuses_an_unknown_phone_number_id(
+    server: WhatsAppCloudServer, session: aiohttp.ClientSession
+) -> None:
+    body = {"messaging_product": "whatsapp", "to": "31612345678", "text": {"body": "hi"}}
+
+    status, answer = await _post(session, _messages_url(server, "123"), body)
+
+    assert status == 400
+    assert answer["error"]["code"] == 100
+    assert answer["error"]["error_subcode"] == 33
+
+
+async def test_server_refuses_templates_it_does_not_know(session: aiohttp.ClientSession) -> None:
+    async with WhatsAppCloudServer(
+        access_token=TOKEN, phone_number_id=PHONE_ID, templates={"hello_world"}
+    ) as server:
+        provider = WhatsAppCloudProvider(config(server.base_url), session)
+        await provider.send(outbound(template=WhatsAppTemplate("hello_world", "en")))
+        with pytest.raises(PermanentSendError) as caught:
+            await provider.send(outbound(template=WhatsAppTemplate("no_such_template", "en")))
+
+    assert "132001" in caught.value.detail
+    assert len(server.accepted) == 1
+
+
+# --- webhook signatures ---------------------------------------------------------------------
+
+
+BODY = b'{"object":"whatsapp_business_account","entry":[]}'
+
+
+def test_a_correct_signature_verifies() -> None:
+    header = sign(APP_SECRET, BODY)
+
+    assert header.startswith("sha256=")
+    assert verify_signature(APP_SECRET, BODY, header)
+    assert verify_signature(APP_SECRET, BODY, header.upper().replace("SHA256=", "sha256="))
+
+
+@pytest.mark.parametrize(
+    ("secret", "body", "header"),
+    [
+        ("another-secret", BODY, sign(APP_SECRET, BODY)),
+        (APP_SECRET, BODY + b" ", sign(APP_SECRET, BODY)),
+        (APP_SECRET, BODY, None),
+        (APP_SECRET, BODY, ""),
+        (APP_SECRET, BODY, sign(APP_SECRET, BODY).removeprefix("sha256=")),
+        (APP_SECRET, BODY, "sha1=" + sign(APP_SECRET, BODY).removeprefix("sha256=")),
+        (APP_SECRET, BODY, "sha256=" + "zz" * 32),
+        (APP_SECRET, BODY, sign(APP_SECRET, BODY)[:-2]),
+        ("", BODY, sign("", BODY)),
+    ],
+    ids=[
+        "wrong-secret",
+        "tampered-body",
+        "missing",
+        "empty",
+        "no-prefix",
+        "sha1",
+        "not-hex",
+        "truncated",
+        "no-secret",
+    ],
+)
+def test_a_bad_signature_does_not_verify(secret: str, body: bytes, header: str | None) -> None:
+    assert verify_signature(secret, body, header) is False
+
+
+async def test_post_webhook_signs_what_it_sends(session: aiohttp.ClientSession) -> None:
+    received: list[tuple[bool, Any]] = []
+
+    async def endpoint(request: web.Request) -> web.Response:
+        raw = await request.read()
+        valid = verify_signature(APP_SECRET, raw, request.headers.get(SIGNATURE_HEADER))
+        received.append((valid, parse_webhook(await request.json())))
+        return web.Response(status=200 if valid else 401)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/whatsapp", endpoint)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/whatsapp"
+        payload = inbound_payload(PHONE_ID, TO, "Grüße, STOP", timestamp=1_700_000_000)
+
+        good = await post_webhook(session, url, payload, APP_SECRET)
+        bad = await post_webhook(session, url, payload, "not-the-app-secret")
+    finally:
+        await runner.cleanup()
+
+    assert (good, bad) == (200, 401)
+    assert received[0][1].inbound == [
+        Inbound(
+            channel="whatsapp",
+            address=TO,
+            text="Grüße, STOP",
+            at=dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC),
+        )
+    ]
+
+
+# --- webhook parsing ------------------------------------------------------------------------
+
+
+def _merge(*payloads: dict[str, Any]) -> dict[str, Any]:
+    """Several webhooks batched into one post, as Meta does under load."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [entry for payload in payloads for entry in payload["entry"]],
+    }
+
+
+def test_statuses_out_of_order_are_each_reported_as_they_came() -> None:
+    wamid = "wamid.HBgLMzE2MTIzNDU2NzgVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"
+    payload = _merge(
+        status_payload(PHONE_ID, wamid, "read", TO, callback_data="7", timestamp=1_700_000_030),
+        status_payload(PHONE_ID, wamid, "sent", TO, callback_data="7", timestamp=1_700_000_000),
+        status_payload(
+            PHONE_ID, wamid, "delivered", TO, callback_data="7", timestamp=1_700_000_010
+        ),
+    )
+
+    webhook = parse_webhook(payload)
+
+    assert webhook.phone_number_ids == {PHONE_ID}
+    assert [(r.state, r.at.timestamp()) for r in webhook.receipts] == [
+        (ReportedState.READ, 1_700_000_030),
+        (ReportedState.SENT, 1_700_000_000),
+        (ReportedState.DELIVERED, 1_700_000_010),
+    ]
+    assert {(r.provider_message_id, r.delivery_id) for r in webhook.receipts} == {(wamid, 7)}
+    assert webhook.inbound == []
+
+
+def test_a_failed_status_carries_its_error() -> None:
+    payload = status_payload(
+        PHONE_ID,
+        "wamid.failed",
+        "failed",
+        TO,
+        callback_data="12",
+        errors=[status_error(131026, "Message undeliverable")],
+        timestamp=1_700_000_000,
+    )
+
+    [receipt] = parse_webhook(payload).receipts
+
+    assert receipt.state is ReportedState.FAILED
+    assert receipt.delivery_id == 12
+    assert receipt.detail == "131026: Message undeliverable"
+    assert receipt.suppress_address is False
+
+
+def test_a_failed_status_keeps_metas_details() -> None:
+    errors = [status_error(131047, "Re-engagement message", "More than 24 hours have passed")]
+    payload = status_payload(PHONE_ID, "wamid.x", "failed", TO, errors=errors)
+
+    [receipt] = parse_webhook(payload).receipts
+
+    assert receipt.detail == "131047: Re-engagement message (More than 24 hours have passed)"
+
+
+@pytest.mark.parametrize("callback", ["not-a-number", "-5", "12abc", ""])
+def test_callback_data_that_is_not_ours_is_ignored(callback: str) -> None:
+    payload = status_payload(PHONE_ID, "wamid.x", "delivered", TO, callback_data=callback)
+
+    [receipt] = parse_webhook(payload).receipts
+
+    assert receipt.delivery_id is None
+    assert receipt.provider_message_id == "wamid.x"
+
+
+@pytest.mark.parametrize("status", ["deleted", "warning", "pending"])
+def test_statuses_that_say_nothing_about_delivery_are_skipped(status: str) -> None:
+    payload = status_payload(PHONE_ID, "wamid.x", status, TO, callback_data="1")
+
+    assert parse_webhook(payload).receipts == []
+
+
+@pytest.mark.parametrize(
+    ("message_type", "text", "expected"),
+    [
+        ("text", "STOP", "STOP"),
+        ("button", "Unsubscribe", "Unsubscribe"),
+        ("interactive", "Yes, keep me posted", "Yes, keep me posted"),
+        ("image", "a photo of the flood", ""),
+    ],
+)
+def test_inbound_messages(message_type: Any, text: str, expected: str) -> None:
+    payload = inbound_payload(
+        PHONE_ID, "+447700900123", text, timestamp=1_700_000_000, message_type=message_type
+    )
+
+    webhook = parse_webhook(payload)
+
+    assert webhook.inbound == [
+        Inbound(
+            channel="whatsapp",
+            address="+447700900123",
+            text=expected,
+            at=dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC),
+        )
+    ]
+    assert webhook.receipts == []
+    assert webhook.phone_number_ids == {PHONE_ID}
+
+
+def test_a_list_reply_is_read_as_its_title() -> None:
+    payload = inbound_payload(PHONE_ID, TO, "x", message_type="interactive")
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["interactive"] = {
+        "type": "list_reply",
+        "list_reply": {"id": "opt-2", "title": "Weekly digest", "description": "Once a week"},
+    }
+
+    [inbound] = parse_webhook(payload).inbound
+
+    assert inbound.text == "Weekly digest"
+
+
+def test_other_fields_and_unknown_keys_are_tolerated() -> None:
+    payload = _merge(
+        status_payload("111", "wamid.a", "sent", TO),
+        status_payload("222", "wamid.b", "sent", TO),
+    )
+    payload["entry"][0]["changes"].append(
+        {"field": "message_template_status_update", "value": {"event": "APPROVED"}}
+    )
+    payload["entry"][0]["changes"][0]["value"]["something_new"] = {"x": 1}
+    payload["entry"][0]["changes"][0]["value"]["statuses"][0]["brand_new_field"] = True
+
+    webhook = parse_webhook(payload)
+
+    assert webhook.phone_number_ids == {"111", "222"}
+    assert [r.provider_message_id for r in webhook.receipts] == ["wamid.a", "wamid.b"]
+
+
+def _with_status(**status: Any) -> dict[str, Any]:
+    payload = status_payload(PHONE_ID, "wamid.x", "delivered", TO)
+    entry = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+    entry.update(status)
+    return payload
+
+
+def _without_status_field(name: str) -> dict[str, Any]:
+    payload = status_payload(PHONE_ID, "wamid.x", "delivered", TO)
+    del payload["entry"][0]["changes"][0]["value"]["statuses"][0][name]
+    return payload
+
+
+def _with_inbound(**message: Any) -> dict[str, Any]:
+    payload = inbound_payload(PHONE_ID, TO, "hi")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0].update(message)
+    return payload
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "a string",
+        [],
+        {"object": "page", "entry": []},
+        {"object": "whatsapp_business_account"},
+        {"object": "whatsapp_business_account", "entry": {"id": "1"}},
+        {"object": "whatsapp_business_account", "entry": ["not an object"]},
+        {"object": "whatsapp_business_account", "entry": [{"id": "1"}]},
+        {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages"}]}]},
+        _with_status(timestamp="yesterday"),
+        _with_status(id=None),
+        _without_status_field("status"),
+        _with_inbound(**{"from": "+31612345678"}),
+        _with_inbound(timestamp=None),
+    ],
+    ids=[
+        "none",
+        "string",
+        "list",
+        "other-object",
+        "no-entry",
+        "entry-not-list",
+        "entry-item-not-object",
+        "no-changes",
+        "no-value",
+        "bad-timestamp",
+        "no-wamid",
+        "no-status",
+        "from-with-plus",
+        "inbound-no-timestamp",
+    ],
+)
+def test_malformed_payloads_raise_value_error(payload: object) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        parse_webhook(payload)
+
+
+def test_statuses_must_be_a_list() -> None:
+    payload = status_payload(PHONE_ID, "wamid.x", "delivered", TO)
+    payload["entry"][0]["changes"][0]["value"]["statuses"] = {"id": "wamid.x"}
+
+    with pytest.raises(ValueError, match="statuses"):
+        parse_webhook(payload)
