@@ -348,3 +348,18 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert len({i["recipient"] for i in items}) == 3000
     survivor.terminate()
     api.terminate()
+
+
+def test_secret_key_prints_a_key_that_encrypts() -> None:
+    from typer.testing import CliRunner
+
+    from bulletin.cli import app
+    from bulletin.crypto import SecretBox
+
+    first = CliRunner().invoke(app, ["secret-key"])
+    second = CliRunner().invoke(app, ["secret-key"])
+    assert first.exit_code == 0
+    key = first.output.strip()
+    assert key != second.output.strip()
+    box = SecretBox(key)
+    assert box.open(box.seal({"password": "p"})) == {"password": "p"}

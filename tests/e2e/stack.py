@@ -13,11 +13,11 @@ import aiohttp
 import httpx
 import pytest
 import uvicorn
-from bulletin.devservers.smtp import SmtpServer
 
 from bulletin.app import create_app
 from bulletin.config import Settings
 from bulletin.crypto import generate_key
+from bulletin.devservers.smtp import SmtpServer
 from bulletin.devservers.twilio import TwilioServer
 from bulletin.devservers.whatsapp import WhatsAppCloudServer
 from bulletin.orgs.keys import Scope
@@ -91,7 +91,7 @@ class Stack:
             assert response.status_code in (200, 201), response.text
 
 
-async def _serve(settings: Settings, port: int) -> AsyncIterator[tuple[Api, uvicorn.Server]]:
+async def serve(settings: Settings, port: int) -> AsyncIterator[tuple[Api, uvicorn.Server]]:
     app = create_app(settings, run_worker=True)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -126,5 +126,5 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
         SmtpServer(security="none") as smtp,
         aiohttp.ClientSession() as http,
     ):
-        async for api, _server in _serve(settings, port):
+        async for api, _server in serve(settings, port):
             yield Stack(api, f"http://127.0.0.1:{port}", whatsapp, twilio, smtp, http, settings)

@@ -5,15 +5,18 @@ replies come back through signed webhooks, and failures fall back so each person
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from api_helpers import add_people, body_of, notify, problem
 from bulletin.channels import twilio as twilio_wire
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
+from bulletin.devservers.twilio import TwilioServer
 from bulletin.devservers.whatsapp import (
     DropAfterAccept,
     inbound_payload,
@@ -21,7 +24,18 @@ from bulletin.devservers.whatsapp import (
     webhook_body,
 )
 from bulletin.orgs.keys import Scope
-from e2e.stack import TW_FROM, TW_TOKEN, WA_NUMBER_ID, WA_SECRET, WA_VERIFY, Stack
+from conftest import Api, make_settings
+from e2e.stack import (
+    TW_FROM,
+    TW_SID,
+    TW_TOKEN,
+    WA_NUMBER_ID,
+    WA_SECRET,
+    WA_VERIFY,
+    Stack,
+    free_port,
+    serve,
+)
 
 PHONE = "+27821234567"
 ZANELE: dict[str, Any] = {
@@ -458,3 +472,46 @@ async def test_channel_configuration_rules(stack: Stack) -> None:
     assert (await api.delete("/v1/channels/sms", Scope.ADMIN)).status_code == 204
     assert body_of(await api.get("/v1/channels/sms"), 200)["source"] == "sandbox"
     assert problem(await api.delete("/v1/channels/sms", Scope.ADMIN), 404)
+
+
+async def _completed(api: Api, message_id: str) -> bool:
+    body = body_of(await api.get(f"/v1/notifications/{message_id}"), 200)
+    return bool(body["state"] == "completed")
+
+
+async def test_a_single_organization_install_configures_providers_by_environment(
+    database_url: str,
+) -> None:
+    """BULLETIN_TWILIO_* settings serve every organization that has no provider of its own,
+    and the webhook is verified with the token from the settings."""
+    port = free_port()
+    async with (
+        TwilioServer(account_sid=TW_SID, auth_token=TW_TOKEN) as twilio,
+        aiohttp.ClientSession() as http,
+    ):
+        settings = make_settings(
+            database_url,
+            public_url=f"http://127.0.0.1:{port}",
+            twilio_account_sid=TW_SID,
+            twilio_auth_token=TW_TOKEN,
+            twilio_from=TW_FROM,
+            twilio_base_url=twilio.base_url,
+        )
+        async for api, _server in serve(settings, port):
+            channels = body_of(await api.get("/v1/channels"), 200)["items"]
+            sms = next(c for c in channels if c["channel"] == "sms")
+            assert (sms["source"], sms["provider"], sms["secrets_set"]) == (
+                "environment",
+                "twilio",
+                ["auth_token"],
+            )
+            assert TW_TOKEN not in str(channels)
+            await add_people(api, ZANELE)
+            message_id = await notify(api, "zanele", channels=["sms"])
+
+            await until(functools.partial(_completed, api, message_id))
+            [sms_sent] = twilio.accepted
+            reply = await twilio.send_status(http, sms_sent.sid, "delivered")
+            assert reply.status == 200
+            body = body_of(await api.get(f"/v1/notifications/{message_id}"), 200)
+            assert body["deliveries"][0]["state"] == "delivered"
