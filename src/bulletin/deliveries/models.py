@@ -53,7 +53,6 @@ class Delivery(Base):
             postgresql_where=text("fallback_at IS NOT NULL"),
             sqlite_where=text("fallback_at IS NOT NULL"),
         ),
-        Index("ix_deliveries_provider_message", "provider", "provider_message_id"),
         Index(
             "ix_deliveries_inflight",
             "lease_expires_at",

@@ -46,16 +46,17 @@ class Applied:
 async def _find(
     session: AsyncSession, provider: str, receipt: Receipt, orgs: Sequence[uuid.UUID] | None
 ) -> Delivery | None:
-    query = select(Delivery)
-    if receipt.delivery_id is not None:
-        query = query.where(Delivery.id == receipt.delivery_id)
-    elif receipt.provider_message_id is not None:
-        query = query.where(
-            Delivery.provider == provider,
-            Delivery.provider_message_id == receipt.provider_message_id,
+    # Every send passes the delivery id to the provider, which echoes it in its receipts
+    # (WhatsApp's biz_opaque_callback_data, the status callback URL of Twilio). Matching on it
+    # alone keeps the deliveries table free of an index on the provider's ids.
+    if receipt.delivery_id is None:
+        log.warning(
+            "receipts.without_delivery_id",
+            provider=provider,
+            provider_message_id=receipt.provider_message_id,
         )
-    else:
         return None
+    query = select(Delivery).where(Delivery.id == receipt.delivery_id)
     if orgs is not None:
         query = query.where(Delivery.org_id.in_(list(orgs)))
     if dialect_name(session) == "postgresql":

@@ -702,3 +702,17 @@ async def page_for_message(
         query = query.where(Delivery.id > after_id)
     rows = await session.execute(query.order_by(Delivery.id).limit(limit))
     return [(d, external_id) for d, external_id in rows]
+
+
+async def anything_overdue(session: AsyncSession, now: dt.datetime) -> tuple[bool, bool]:
+    """Whether any lease has expired, and whether any fallback deadline has passed.
+
+    A cheap read, so that the scheduler opens a write transaction only when there is work:
+    on SQLite every write transaction waits for the one writer.
+    """
+    expired = select(literal(1)).where(
+        Delivery.state == DeliveryState.SENDING.value, Delivery.lease_expires_at < now
+    )
+    overdue = select(literal(1)).where(Delivery.fallback_at <= now)
+    row = (await session.execute(select(expired.exists(), overdue.exists()))).one()
+    return bool(row[0]), bool(row[1])

@@ -6,7 +6,15 @@ from bulletin.crypto import sign, signing_key
 from bulletin.db import Database
 
 
-async def unsubscribe_link(db: Database, base_url: str, delivery_id: int) -> str:
-    """The one-click unsubscribe link for the person a delivery goes to."""
-    key = await signing_key(db)
-    return f"{base_url}/v1/unsubscribe/{sign(key, str(delivery_id))}"
+class UnsubscribeLinks:
+    """Makes one-click unsubscribe links; reads the signing key once per process."""
+
+    def __init__(self, db: Database, base_url: str) -> None:
+        self._db = db
+        self._base_url = base_url
+        self._key: bytes | None = None
+
+    async def __call__(self, delivery_id: int) -> str:
+        if self._key is None:
+            self._key = await signing_key(self._db)
+        return f"{self._base_url}/v1/unsubscribe/{sign(self._key, str(delivery_id))}"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 
 import structlog
 
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database
-from bulletin.web.links import unsubscribe_link
+from bulletin.web.links import UnsubscribeLinks
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
 from bulletin.worker.signals import Hub, Listener, Notifier
@@ -43,7 +42,7 @@ class Engine:
                 registry,
                 settings,
                 hub.subscribe(),
-                unsubscribe=functools.partial(unsubscribe_link, db, settings.base_url),
+                unsubscribe=UnsubscribeLinks(db, settings.base_url),
             )
             if dispatch
             else None

@@ -62,7 +62,13 @@ class Scheduler:
 
     async def tick(self) -> None:
         """One round of every duty; public so that tests can drive the scheduler step by step."""
-        made = [await self.resolve_due(), await self.reap_expired(), await self.fall_back_due()]
+        async with self._db.read() as session:
+            expired, overdue = await deliveries.anything_overdue(session, utcnow())
+        made = [
+            await self.resolve_due(),
+            await self.reap_expired() if expired else 0,
+            await self.fall_back_due() if overdue else 0,
+        ]
         if any(made):
             self._notifier.work_available()
         await self.finish_messages()

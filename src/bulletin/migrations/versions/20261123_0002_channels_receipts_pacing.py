@@ -68,12 +68,6 @@ def upgrade() -> None:
         postgresql_where=sa.text("fallback_at IS NOT NULL"),
         sqlite_where=sa.text("fallback_at IS NOT NULL"),
     )
-    op.create_index(
-        "ix_deliveries_provider_message",
-        "deliveries",
-        ["provider", "provider_message_id"],
-        unique=False,
-    )
     # Existing messages have no per-channel content; the server default fills them in.
     op.add_column(
         "messages",
@@ -98,7 +92,6 @@ def downgrade() -> None:
     op.drop_index("ix_recipients_whatsapp", table_name="recipients")
     op.drop_column("messages", "fallback_after_seconds")
     op.drop_column("messages", "overrides")
-    op.drop_index("ix_deliveries_provider_message", table_name="deliveries")
     op.drop_index(
         "ix_deliveries_fallback",
         table_name="deliveries",
