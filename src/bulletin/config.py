@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         "comma-separated to rotate. Make one with `bulletin secret-key`.",
     )
     channel_refresh_seconds: float = Field(
-        default=2.0, gt=0, description="How soon workers pick up a changed channel configuration."
+        default=1.0, gt=0, description="How soon workers pick up a changed channel configuration."
     )
     provider_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Longest wait to connect to a provider."

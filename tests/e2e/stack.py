@@ -117,7 +117,6 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
         database_url,
         public_url=f"http://127.0.0.1:{port}",
         secret_key=generate_key(),
-        channel_refresh_seconds=0.05,
         port=port,
     )
     async with (

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Path, Response
 
 from bulletin.api.deps import Admin, Reader, ServicesDep
 from bulletin.api.problems import responses
+from bulletin.bootstrap import Services
 from bulletin.channels.configs import ProviderConfig
 from bulletin.providers import schemas, service
 
@@ -59,7 +60,14 @@ async def put_channel(
             session, service.secret_box(svc.settings), principal.org_id, channel, config
         )
     response.status_code = 201 if created else 200
+    await _use_now(svc)
     return out
+
+
+async def _use_now(svc: Services) -> None:
+    # The engine of this process uses the change at once; others within the refresh interval.
+    if svc.engine is not None:
+        await svc.registry.refresh(force=True)
 
 
 @router.delete("/{channel}", status_code=204, responses=responses(404))
@@ -68,4 +76,5 @@ async def delete_channel(channel: ChannelPath, principal: Admin, svc: ServicesDe
     provider or the sandbox."""
     async with svc.db.transaction() as session:
         await service.remove(session, principal.org_id, channel)
+    await _use_now(svc)
     return Response(status_code=204)
