@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     def _providers_valid(self) -> Settings:
         try:
             self.provider_configs()
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
             raise ValueError(f"provider settings are incomplete or invalid: {exc}") from exc
         return self
 
@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         )
 
         configs: dict[str, AnyProviderConfig] = {}
+        for enabled, secret, names in (
+            (self.whatsapp_phone_number_id, self.whatsapp_access_token, "WHATSAPP_ACCESS_TOKEN"),
+            (self.twilio_account_sid, self.twilio_auth_token, "TWILIO_AUTH_TOKEN"),
+        ):
+            if enabled and secret is None:
+                raise ValueError(f"BULLETIN_{names} is needed to send with this provider")
         if self.whatsapp_phone_number_id:
             template = None
             if self.whatsapp_template:

@@ -197,3 +197,27 @@ async def test_messages_to_one_person_are_spaced_by_the_pair_interval(
     times = sorted(provider.times)
     assert len(times) == 3
     assert all(b - a >= 0.5 - 0.02 for a, b in itertools.pairwise(times))
+
+
+async def test_sends_waiting_for_a_slot_at_shutdown_go_back_to_the_queue(
+    settings: Settings, db: Database
+) -> None:
+    """Cut off while waiting for its slot, a send was never made: pending, not unknown."""
+    org = await new_org(db)
+    await add_people(db, org, [person(i) for i in range(4)])
+    provider = TimedProvider(rate=1.0)
+    message = await announce(db, org, channels=["email"])
+    tuned = make_settings(settings.database_url, shutdown_grace_seconds=0.1)
+    async with running(
+        tuned, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
+    ):
+        await eventually(lambda: _called(provider))
+    states = await count_states(db, message.id)
+    assert states.get("sent") == len(provider.times)
+    assert states.get("pending", 0) == 4 - len(provider.times)
+    assert "unknown" not in states
+    assert "sending" not in states
+
+
+async def _called(provider: TimedProvider) -> bool:
+    return bool(provider.times)

@@ -96,3 +96,7 @@ def test_environment_providers_are_built_and_incomplete_ones_refused() -> None:
     assert (whatsapp.template.name, whatsapp.template.language) == ("notice", "en_GB")
     with pytest.raises(ValidationError, match="provider settings"):
         Settings(smtp_host="mail.example.org")
+    with pytest.raises(ValidationError, match="BULLETIN_TWILIO_AUTH_TOKEN"):
+        Settings(twilio_account_sid="AC" + "a" * 32, twilio_from="+14155550100")
+    with pytest.raises(ValidationError, match="BULLETIN_WHATSAPP_ACCESS_TOKEN"):
+        Settings(whatsapp_phone_number_id="1234")

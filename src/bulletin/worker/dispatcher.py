@@ -400,16 +400,19 @@ class Dispatcher:
         if (why := no_room()) is not None:
             give_back(why)
             return
-        if outbound.channel == "email" and self._unsubscribe is not None:
-            outbound = dataclasses.replace(
-                outbound, unsubscribe_url=await self._unsubscribe(row.id)
-            )
         try:
+            if outbound.channel == "email" and self._unsubscribe is not None:
+                link = await self._unsubscribe(row.id)
+                outbound = dataclasses.replace(outbound, unsubscribe_url=link)
             busy_until = await self._pacer.claim_pair(provider, outbound.address)
             later = None if busy_until else await self._pacer.wait_turn(provider)
         except (SQLAlchemyError, OSError) as exc:
-            give_back(f"released: pacing unavailable ({exc})", utcnow() + dt.timedelta(seconds=1))
+            give_back(f"released: database unavailable ({exc})", utcnow() + dt.timedelta(seconds=1))
             return
+        except asyncio.CancelledError:
+            # Stopped while waiting for a send slot: nothing was sent, so nothing is in doubt.
+            give_back("released: worker stopping")
+            raise
         if busy_until is not None:
             give_back("paced: too soon after the last message to this number", busy_until)
             return
