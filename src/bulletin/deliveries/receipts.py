@@ -30,6 +30,7 @@ from bulletin.deliveries import repository
 from bulletin.deliveries.models import Delivery, Suppression
 from bulletin.deliveries.states import DeliveryState, receipt_moves_forward
 from bulletin.recipients import repository as recipients
+from bulletin.worker.policy import address_of
 
 log = structlog.get_logger("bulletin.receipts")
 
@@ -134,8 +135,6 @@ async def apply_receipts(
 
 
 async def _address(session: AsyncSession, delivery: Delivery) -> str | None:
-    from bulletin.worker.policy import address_of
-
     found = await recipients.by_ids(session, [delivery.recipient_id])
     return address_of(found[0], delivery.channel) if found else None
 
@@ -150,13 +149,13 @@ async def apply_inbound(
     changed = 0
     now = utcnow()
     for inbound in messages:
+        people = await recipients.with_number(
+            session, _list(orgs), inbound.channel, inbound.address
+        )
         if inbound.channel == "whatsapp":
-            people = await recipients.with_whatsapp(session, _list(orgs), inbound.address)
             for person in people:
                 if person.whatsapp_inbound_at is None or person.whatsapp_inbound_at < inbound.at:
                     person.whatsapp_inbound_at = inbound.at
-        else:
-            people = await recipients.with_phone(session, _list(orgs), inbound.address)
         keyword = classify(inbound.text)
         if keyword not in ("stop", "start"):
             continue

@@ -45,6 +45,7 @@ from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState, MessageState
 from bulletin.messages.models import Message, MessageRecipient
 from bulletin.recipients.models import Recipient, RecipientGroup
+from bulletin.worker.policy import address_of, unusable
 
 _ADDRESS = {
     "whatsapp": Recipient.whatsapp,
@@ -486,8 +487,7 @@ async def _usable_channels(
     session: AsyncSession, delivery: Delivery, channels: list[str]
 ) -> list[str]:
     """Those of ``channels`` the person can be reached on now (address, choice, no block)."""
-    from bulletin.worker.policy import address_of, unusable
-
+    # The dispatcher's own rule, so that a fallback is never made to a channel it would skip.
     if not channels:
         return []
     person = await session.get(Recipient, delivery.recipient_id)

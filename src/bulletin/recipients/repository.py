@@ -192,20 +192,13 @@ async def by_ids(session: AsyncSession, ids: list[int]) -> list[Recipient]:
     return list(rows.scalars())
 
 
-async def with_whatsapp(
-    session: AsyncSession, org_ids: list[uuid.UUID] | None, address: str
+async def with_number(
+    session: AsyncSession, org_ids: list[uuid.UUID] | None, channel: str, address: str
 ) -> list[Recipient]:
-    """Recipients whose WhatsApp number is ``address``, in these organizations (or any)."""
-    query = select(Recipient).where(Recipient.whatsapp == address)
-    if org_ids is not None:
-        query = query.where(Recipient.org_id.in_(org_ids))
-    return list((await session.execute(query)).scalars())
-
-
-async def with_phone(
-    session: AsyncSession, org_ids: list[uuid.UUID] | None, address: str
-) -> list[Recipient]:
-    query = select(Recipient).where(Recipient.phone == address)
+    """Recipients reached at ``address`` on ``channel`` (whatsapp or sms), in these
+    organizations (``None``: any). Replies are matched to people this way."""
+    column = Recipient.whatsapp if channel == "whatsapp" else Recipient.phone
+    query = select(Recipient).where(column == address)
     if org_ids is not None:
         query = query.where(Recipient.org_id.in_(org_ids))
     return list((await session.execute(query)).scalars())
