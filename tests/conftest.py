@@ -214,6 +214,7 @@ async def _running_api(
 ) -> AsyncIterator[Api]:
     app = create_app(settings, run_worker=run_worker, registry=registry)
     async with app.router.lifespan_context(app):
+        await app.state.services.startup.wait()  # as a load balancer waits for /ready
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://bulletin.test"

@@ -6,10 +6,14 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from bulletin import __version__
 from bulletin.api import health, problems
-from bulletin.bootstrap import running
+from bulletin.api import metrics as metrics_endpoint
+from bulletin.api.body_limit import BodySizeLimit
+from bulletin.api.telemetry import TelemetryMiddleware
+from bulletin.bootstrap import Prepare, running
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.deliveries import endpoints as deliveries
@@ -30,30 +34,56 @@ an `Idempotency-Key` header.
 """
 
 
+class BulletinAPI(FastAPI):
+    """FastAPI with request ids, request logs and request metrics around everything."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's error middleware, which ``add_middleware`` cannot reach: a 500
+        # and the error handler's log line then carry the request id too.
+        return TelemetryMiddleware(super().build_middleware_stack())
+
+
 def create_app(
     settings: Settings,
     *,
     run_worker: bool = False,
     registry: ChannelRegistry | None = None,
+    migrate_it: bool = False,
+    prepare: Prepare | None = None,
 ) -> FastAPI:
-    """The API; with ``run_worker`` the same process also runs the delivery engine."""
+    """The API; with ``run_worker`` the same process also runs the delivery engine.
+
+    The app listens at once and starts in the background (see :mod:`bulletin.bootstrap`):
+    waits for the database (applying migrations with ``migrate_it``), runs ``prepare``, starts
+    the engine. Until then ``/health`` answers 200, ``/ready`` 503, and everything else a 503
+    problem with ``Retry-After``; ``app.state.services.startup.wait()`` waits for the end.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(
-            settings, dispatch=run_worker, schedule=run_worker, registry=registry
+            settings,
+            dispatch=run_worker,
+            schedule=run_worker,
+            registry=registry,
+            migrate_it=migrate_it,
+            prepare=prepare,
+            wait=False,
         ) as svc:
             app.state.services = svc
             yield
 
-    app = FastAPI(
+    app = BulletinAPI(
         title="Bulletin",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(health.StartupGate)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(metrics_endpoint.router)
     app.include_router(recipients.router)
     app.include_router(messages.router)
     app.include_router(deliveries.router)

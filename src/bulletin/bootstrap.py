@@ -1,20 +1,80 @@
-"""The one place where Bulletin's parts are wired together for a process."""
+"""The one place where Bulletin's parts are wired together for a process, and how it starts.
+
+A process may start before its database is ready (both started together by an orchestrator,
+or the database restarting). It does not fail and does not race: :func:`running` opens
+everything that needs no database at once, then *starts*: it waits until the database answers
+and is migrated (or migrates it), runs the caller's first-start step, and starts the delivery
+engine. :class:`Startup` says how far that has got; the API reports it on ``/ready`` and
+answers 503 everywhere else until it is done.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
+import structlog
+
+from bulletin import migrate
+from bulletin.backoff import Backoff
 from bulletin.channels.factory import ProviderFactory
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.channels.sandbox import SandboxProvider
 from bulletin.config import Settings
-from bulletin.db import Database
+from bulletin.db import Database, describe, is_unavailable
 from bulletin.providers.service import secret_box, stored_loader
 from bulletin.worker.runtime import Engine
 from bulletin.worker.signals import Hub, Notifier
+
+log = structlog.get_logger("bulletin.startup")
+
+#: A step run once the database is reachable and migrated, before the engine starts (the
+#: CLI's "create the default organization and print its key"). It may run again if the
+#: database goes away while it runs, so it must be safe to repeat.
+Prepare = Callable[[Database], Awaitable[None]]
+
+
+class Phase(enum.StrEnum):
+    """Where a process is in its start."""
+
+    WAITING_FOR_DATABASE = "waiting for the database"
+    WAITING_FOR_MIGRATIONS = "waiting for migrations"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class StartupFailed(Exception):
+    """The process could not start for a reason that waiting does not cure."""
+
+
+class Startup:
+    """How far the process has got in starting; set by :func:`running`, read by the API."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.WAITING_FOR_DATABASE
+        #: Why it is waiting, or why it failed, in words for an operator.
+        self.detail: str | None = None
+        self._settled = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    def enter(self, phase: Phase, detail: str | None = None) -> None:
+        self.phase = phase
+        self.detail = detail
+        if phase in (Phase.READY, Phase.FAILED):
+            self._settled.set()
+
+    async def wait(self) -> None:
+        """Until the process is ready; raises :class:`StartupFailed` if it never will be."""
+        await self._settled.wait()
+        if self.phase is Phase.FAILED:
+            raise StartupFailed(self.detail or "start-up failed")
 
 
 @dataclass
@@ -27,6 +87,7 @@ class Services:
     notifier: Notifier
     registry: ChannelRegistry
     engine: Engine | None
+    startup: Startup = field(default_factory=Startup)
 
 
 def open_database(settings: Settings) -> Database:
@@ -34,7 +95,72 @@ def open_database(settings: Settings) -> Database:
         settings.database_url,
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        pool_timeout=settings.db_pool_timeout_seconds,
     )
+
+
+async def wait_for_database(
+    db: Database,
+    *,
+    migrate_it: bool,
+    prepare: Prepare | None = None,
+    startup: Startup | None = None,
+) -> None:
+    """Return once the database answers and is migrated, and ``prepare`` has run.
+
+    With ``migrate_it`` this process applies the migrations; without, it waits for someone
+    else to (``bulletin migrate``). Only outages are waited out (see
+    :func:`~bulletin.db.is_unavailable`); any other error is raised.
+    """
+    startup = startup or Startup()
+    backoff = Backoff(first=0.5, cap=5.0)
+    while not await _try_start(db, migrate_it, prepare, startup):
+        delay = backoff.failed()
+        event = (
+            "startup.waiting_for_migrations"
+            if startup.phase is Phase.WAITING_FOR_MIGRATIONS
+            else "startup.waiting_for_database"
+        )
+        log.warning(event, detail=startup.detail, retry_in=round(delay, 2))
+        await asyncio.sleep(delay)
+
+
+async def _try_start(
+    db: Database, migrate_it: bool, prepare: Prepare | None, startup: Startup
+) -> bool:
+    """One try of :func:`wait_for_database`; false when it is worth trying again."""
+    try:
+        if migrate_it:
+            await migrate.upgrade(db)
+        elif not await migrate.is_current(db):
+            startup.enter(Phase.WAITING_FOR_MIGRATIONS, "run 'bulletin migrate'")
+            return False
+        if prepare is not None:
+            await prepare(db)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        startup.enter(Phase.WAITING_FOR_DATABASE, describe(exc))
+        return False
+    return True
+
+
+async def _start(services: Services, *, migrate_it: bool, prepare: Prepare | None) -> None:
+    startup = services.startup
+    try:
+        await wait_for_database(
+            services.db, migrate_it=migrate_it, prepare=prepare, startup=startup
+        )
+        startup.enter(Phase.STARTING)
+        if services.engine is not None:
+            await services.engine.start()
+    except Exception as exc:
+        startup.enter(Phase.FAILED, f"{type(exc).__name__}: {exc}")
+        log.exception("startup.failed")
+        raise
+    startup.enter(Phase.READY)
+    log.info("startup.ready")
 
 
 def default_registry(db: Database, settings: Settings, factory: ProviderFactory) -> ChannelRegistry:
@@ -58,22 +184,38 @@ async def running(
     schedule: bool,
     registry: ChannelRegistry | None = None,
     db: Database | None = None,
+    migrate_it: bool = False,
+    prepare: Prepare | None = None,
+    wait: bool = True,
 ) -> AsyncIterator[Services]:
-    """Open the database and, if asked, run the delivery engine until the block ends."""
+    """Open the database, start (see the module's docstring), and run until the block ends.
+
+    With ``wait`` the block is entered once the process is ready (and start-up errors are
+    raised here); without, it is entered at once while the start goes on in the background,
+    and ``services.startup`` tells how far it got. The API uses the latter, so that it listens
+    and answers ``/health`` and ``/ready`` while the database is not there yet.
+    """
     owns_db = db is None
     db = db or open_database(settings)
     hub = Hub()
     notifier = Notifier(db, hub)
     factory = ProviderFactory(settings)
     registry = registry or default_registry(db, settings, factory)
-    notify_task = asyncio.create_task(notifier.run(), name="notifier")
     engine = None
     if dispatch or schedule:
         engine = Engine(db, settings, registry, hub, notifier, dispatch=dispatch, schedule=schedule)
-        await engine.start()
+    services = Services(settings, db, hub, notifier, registry, engine)
+    notify_task = asyncio.create_task(notifier.run(), name="notifier")
+    start = asyncio.create_task(
+        _start(services, migrate_it=migrate_it, prepare=prepare), name="startup"
+    )
     try:
-        yield Services(settings, db, hub, notifier, registry, engine)
+        if wait:
+            await start
+        yield services
     finally:
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
         if engine is not None:
             await engine.stop()
         notify_task.cancel()

@@ -15,12 +15,11 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin import logs, migrate
+from bulletin import logs, metrics, migrate
 from bulletin.app import create_app
-from bulletin.bootstrap import open_database, running
+from bulletin.bootstrap import open_database, running, wait_for_database
 from bulletin.config import Settings
 from bulletin.crypto import generate_key
 from bulletin.db import Database
@@ -55,23 +54,6 @@ def _settings() -> Settings:
     return settings
 
 
-async def _wait_for_database(db: Database, *, migrate_it: bool) -> None:
-    """Wait until the database answers (and, unless migrating, is migrated)."""
-    delay = 0.5
-    while True:
-        try:
-            if migrate_it:
-                await migrate.upgrade(db)
-                return
-            if await migrate.is_current(db):
-                return
-            log.warning("cli.waiting_for_migrations", hint="run 'bulletin migrate'")
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("cli.waiting_for_database", error=str(exc), retry_in=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
-
-
 def _show_key(key: IssuedKey, title: str) -> None:
     out.print(
         Panel.fit(
@@ -84,16 +66,12 @@ def _show_key(key: IssuedKey, title: str) -> None:
     )
 
 
-async def _prepare(settings: Settings, migrate_it: bool) -> None:
-    db = open_database(settings)
-    try:
-        await _wait_for_database(db, migrate_it=migrate_it)
-        async with db.transaction() as session:
-            key = await orgs.create_default_if_empty(session)
-        if key is not None:
-            _show_key(key, "Bulletin is set up")
-    finally:
-        await db.dispose()
+async def _first_start(db: Database) -> None:
+    """On an empty database, create the default organization and print its admin key."""
+    async with db.transaction() as session:
+        key = await orgs.create_default_if_empty(session)
+    if key is not None:
+        _show_key(key, "Bulletin is set up")
 
 
 @app.command()
@@ -107,17 +85,24 @@ def serve(
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
     ] = True,
 ) -> None:
-    """Run the API (and, by default, the delivery engine) in this process."""
+    """Run the API (and, by default, the delivery engine) in this process.
+
+    It listens at once; until the database answers and is migrated, ``/ready`` and every
+    endpoint but ``/health`` answer 503, and the engine waits.
+    """
     settings = _settings()
-    asyncio.run(_prepare(settings, migrate_))
     host = host or settings.host
     port = port or settings.port
     out.print(f"Bulletin on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(
-        create_app(settings, run_worker=worker),
+        create_app(settings, run_worker=worker, migrate_it=migrate_, prepare=_first_start),
         host=host,
         port=port,
         log_level=settings.log_level,
+        # Bulletin's logging renders uvicorn's lines too (as JSON with BULLETIN_LOG_FORMAT=json),
+        # and its own http.request line, with the request id, replaces the access log.
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
 
@@ -127,14 +112,17 @@ async def _run_worker(settings: Settings, dispatch: bool, schedule: bool) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    db = open_database(settings)
-    try:
-        await _wait_for_database(db, migrate_it=False)
-        async with running(settings, dispatch=dispatch, schedule=schedule, db=db):
-            await stop.wait()
-            log.info("worker.stopping", grace_seconds=settings.shutdown_grace_seconds)
-    finally:
-        await db.dispose()
+    # Started without waiting, so that a stop signal is heard while the database is away.
+    async with running(settings, dispatch=dispatch, schedule=schedule, wait=False) as svc:
+        started = asyncio.create_task(svc.startup.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done() and started.exception() is not None:
+            stopped.cancel()
+            raise typer.Exit(1)
+        await stopped
+        started.cancel()
+        log.info("worker.stopping", grace_seconds=settings.shutdown_grace_seconds)
 
 
 @app.command()
@@ -143,9 +131,31 @@ def worker(
     schedule: Annotated[
         bool, typer.Option("--schedule/--no-schedule", help="Resolve due messages, reap leases.")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this process's Prometheus metrics on this port (BULLETIN_METRICS_PORT).",
+        ),
+    ] = None,
 ) -> None:
     """Run only the delivery engine (to scale out next to API processes)."""
-    asyncio.run(_run_worker(_settings(), dispatch, schedule))
+    settings = _settings()
+    port = metrics_port or settings.metrics_port
+    exporter = None
+    if port is not None:
+        try:
+            exporter = metrics.serve_process_metrics(settings.host, port)
+        except OSError as exc:
+            err.print(f"[red]Cannot serve metrics on {settings.host}:{port}: {exc}[/red]")
+            raise typer.Exit(1) from None
+    try:
+        asyncio.run(_run_worker(settings, dispatch, schedule))
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 @app.command("secret-key")
@@ -179,7 +189,7 @@ async def _in_transaction_key(
 ) -> IssuedKey:
     db = open_database(settings)
     try:
-        await _wait_for_database(db, migrate_it=True)
+        await wait_for_database(db, migrate_it=True)
         async with db.transaction() as session:
             return await make(session)
     finally:

@@ -45,12 +45,36 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(
+        # A batch of 10,000 recipients with a few attributes each is about 4 MB.
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the API reads; a longer one is answered 413.",
+    )
     log_format: Literal["json", "console"] = Field(
         default="console", description="'json' for one JSON object per line."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port on which a worker process serves its Prometheus metrics; "
+        "none serves none (the API serves them at /metrics).",
     )
 
     # Database tuning.
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait to open a PostgreSQL connection; past it the database "
+        "counts as unavailable (the API answers 503, workers wait and retry).",
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request or a worker loop waits for a free pooled connection.",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
         default="FULL", description="SQLite durability; FULL means an accepted message is on disk."
     )

@@ -5,6 +5,12 @@ it commits when the block ends and, on SQLite, begins ``IMMEDIATE`` behind an in
 writers queue instead of failing with ``database is locked``. :meth:`Database.read` never
 writes. Both are used by entry points (endpoints, worker loops, CLI commands); services and
 repositories only receive the session.
+
+The database may go away (a restart, a failover, a network cut) and come back. Opening a
+connection and waiting for a pooled one are bounded, so nothing hangs while it is away;
+:func:`is_unavailable` tells such an outage from a real error (a broken statement, an integrity
+violation, a bug): the API answers the first with 503 and worker loops wait it out, while the
+second stays what it is.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
@@ -115,14 +123,28 @@ class Database:
         pool_size: int = 10,
         sqlite_synchronous: str = "FULL",
         echo: bool = False,
+        connect_timeout: float = 5.0,
+        pool_timeout: float = 5.0,
     ) -> None:
         self.url = make_url(normalize_database_url(url))
         self.dialect = self.url.get_backend_name()
         if self.dialect not in {"sqlite", "postgresql"}:
             raise ValueError(f"unsupported database {self.dialect!r}: use SQLite or PostgreSQL")
-        kwargs: dict[str, Any] = {"echo": echo, "pool_size": pool_size}
+        #: Longest wait to open one connection (PostgreSQL); also used by the LISTEN link.
+        self.connect_timeout = connect_timeout
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "pool_size": pool_size,
+            "pool_timeout": pool_timeout,
+        }
         if self.is_postgres:
-            kwargs.update(max_overflow=pool_size, pool_pre_ping=True)
+            # Pre-ping replaces pooled connections that died while the server was away, so
+            # requests succeed again as soon as it is back.
+            kwargs.update(
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                connect_args={"timeout": connect_timeout},
+            )
         self.engine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_behaviour(self.engine, sqlite_synchronous)
@@ -155,6 +177,56 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+#: SQLSTATE classes that mean the server cannot be used now, not that a statement is wrong:
+#: connection exception (08), insufficient resources (53: too many connections, disk full) and
+#: operator intervention (57P: shutting down, restarting, "the database system is starting up").
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+#: SQLite's equivalents: another process holds the file, or the file cannot be read or written.
+_UNAVAILABLE_SQLITE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached or used right now.
+
+    That is: a connection refused, reset or timed out (``OSError``, ``TimeoutError``); no free
+    pooled connection in time; a connection SQLAlchemy found dead (``connection_invalidated``);
+    and server states that pass (see ``_UNAVAILABLE_SQLSTATES``). Such an error ends when the
+    database is back, so it is worth retrying. Integrity errors, statements the server rejects,
+    and driver misuse (an asyncpg ``InterfaceError`` on a live connection is a bug) are not.
+    """
+    if isinstance(exc, sa_exc.TimeoutError | OSError | asyncpg.ConnectionDoesNotExistError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc.orig, OSError):
+            return True
+        sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
+        if sqlite_name is not None:
+            return str(sqlite_name).startswith(_UNAVAILABLE_SQLITE)
+        if isinstance(exc, sa_exc.OperationalError):
+            return True
+        return _unavailable_sqlstate(exc.orig)
+    return _unavailable_sqlstate(exc)
+
+
+def _unavailable_sqlstate(exc: object) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a database error, for logs: the driver's message, never the statement
+    or its parameters (which may hold personal data)."""
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    message = str(cause).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def dialect_name(session: AsyncSession) -> str:

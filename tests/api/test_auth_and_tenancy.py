@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
+import pytest
 
 from api_helpers import (
     add_people,
@@ -17,8 +22,13 @@ from api_helpers import (
     sandbox_of,
     wait_for_state,
 )
+from bulletin.channels import twilio
+from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
+from bulletin.config import Settings
+from bulletin.crypto import generate_key
+from bulletin.devservers.whatsapp import status_payload, webhook_body
 from bulletin.orgs.keys import Scope
-from conftest import Api
+from conftest import Api, make_settings
 
 ANNOUNCEMENT: dict[str, Any] = {"title": "Hello", "body": "Body", "audience": {"all": True}}
 
@@ -176,3 +186,364 @@ async def test_lists_never_show_another_organizations_items(live_api: Api) -> No
     # "Everyone" means everyone in the sender's organization.
     assert sorted(d["recipient"] for d in await deliveries_of(api, mine)) == ["p1", "p2"]
     assert sorted(d["recipient"] for d in await deliveries_of(other, theirs)) == ["p3", "p4"]
+
+
+# --- G7 for every operation of the OpenAPI document ------------------------------------------
+#
+# Every operation the API documents has an entry below: a probe that uses another
+# organization's key on this organization's rows, or the reason the operation holds no
+# organization's data. A new operation without an entry fails the tests.
+
+PUBLIC_URL = "http://bulletin.test"
+HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
+MY_PEOPLE = ("p1", "p2", "p5")
+THEIR_PEOPLE = ("p3", "p4")
+MY_GROUP = "mine-only"
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    # A secret key, so that organizations can store their own provider accounts.
+    return make_settings(database_url, secret_key=generate_key(), public_url=PUBLIC_URL)
+
+
+@dataclass
+class Tenants:
+    """Two organizations on one app. ``mine`` has rows of every kind; ``theirs`` goes after
+    them with its own admin key."""
+
+    mine: Api
+    theirs: Api
+    announcement: str
+    scheduled: str
+    notification: str
+    scheduled_note: str
+    delivery: dict[str, Any]
+
+    async def as_theirs(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = self.theirs.headers(Scope.ADMIN)
+        return await self.theirs.client.request(method, path, json=body, headers=headers)
+
+    async def my_rows(self) -> dict[str, Any]:
+        """Everything of mine the API shows me."""
+        me = self.mine
+        notes = [self.notification, self.scheduled_note]
+        return {
+            "announcements": [
+                body_of(await me.get(f"/v1/announcements/{a['id']}"), 200)
+                for a in await every(me, "/v1/announcements")
+            ],
+            "notifications": [body_of(await me.get(f"/v1/notifications/{n}"), 200) for n in notes],
+            "people": await every(me, "/v1/recipients", {"include_inactive": "true"}),
+            "preferences": [
+                body_of(await me.get(f"/v1/recipients/{p}/preferences"), 200) for p in MY_PEOPLE
+            ],
+            "delivery": body_of(await me.get(f"/v1/deliveries/{self.delivery['id']}"), 200),
+            "channels": body_of(await me.get("/v1/channels"), 200),
+            "sandbox": await every(me, "/v1/sandbox/messages"),
+        }
+
+
+async def tenants(api: Api) -> Tenants:
+    theirs = await api.other_org("Theirs")
+    await add_people(api, *(person(int(p[1:]), name="Mine", groups=[MY_GROUP]) for p in MY_PEOPLE))
+    await add_people(theirs, *(person(int(p[1:]), name="Theirs") for p in THEIR_PEOPLE))
+    announcement = await announce(api)
+    notification = await notify(api, "p1")
+    their_announcement = await announce(theirs)
+    for who, path in [
+        (api, f"/v1/announcements/{announcement}"),
+        (api, f"/v1/notifications/{notification}"),
+        (theirs, f"/v1/announcements/{their_announcement}"),
+    ]:
+        await wait_for_state(who, path, "completed")
+    [delivery, *_] = [d for d in await deliveries_of(api, announcement) if d["provider_message_id"]]
+    # Provider accounts of my own, configured once everything above was sent by the sandbox.
+    for channel, config in [("whatsapp", whatsapp_account("100", "my-secret")), ("sms", MY_TWILIO)]:
+        response = await api.put(f"/v1/channels/{channel}", config, Scope.ADMIN)
+        assert response.status_code == 201, response.text
+    return Tenants(
+        mine=api,
+        theirs=theirs,
+        announcement=announcement,
+        scheduled=await announce(api, send_at=in_future(3600)),
+        notification=notification,
+        scheduled_note=await notify(api, "p1", send_at=in_future(3600)),
+        delivery=delivery,
+    )
+
+
+def whatsapp_account(number_id: str, secret: str) -> dict[str, Any]:
+    return {
+        "provider": "whatsapp_cloud",
+        "phone_number_id": number_id,
+        "access_token": "EAAG-token",
+        "app_secret": secret,
+        "base_url": "http://127.0.0.1:9",
+    }
+
+
+def twilio_account(sid: str, token: str) -> dict[str, Any]:
+    return {
+        "provider": "twilio",
+        "account_sid": sid,
+        "auth_token": token,
+        "from_number": "+14155550100",
+        "base_url": "http://127.0.0.1:9",
+    }
+
+
+MY_TWILIO = twilio_account("AC" + "1" * 32, "my-token")
+Probe = Callable[[Tenants], Awaitable[None]]
+
+
+def not_found(method: str, path: Callable[[Tenants], str], body: Any = None) -> Probe:
+    """Their key on my row is a 404, and nothing of mine changes."""
+
+    async def probe(t: Tenants) -> None:
+        before = await t.my_rows()
+        problem(await t.as_theirs(method, path(t), body), 404)
+        assert await t.my_rows() == before
+
+    return probe
+
+
+async def put_recipient(t: Tenants) -> None:
+    # The same external_id in their organization is a new person of theirs, not mine.
+    before = await t.my_rows()
+    body_of(await t.as_theirs("PUT", "/v1/recipients/p2", {"name": "Theirs"}), 201)
+    assert await t.my_rows() == before
+    assert body_of(await t.theirs.get("/v1/recipients/p2"), 200)["name"] == "Theirs"
+
+
+async def import_recipients(t: Tenants) -> None:
+    before = await t.my_rows()
+    batch = {"recipients": [person(5, name="Theirs")]}
+    result = body_of(await t.as_theirs("POST", "/v1/recipients/batch", batch), 200)
+    assert (result["created"], result["updated"]) == (1, 0)
+    assert await t.my_rows() == before
+
+
+async def list_recipients(t: Tenants) -> None:
+    mine = await every(t.mine, "/v1/recipients", {"include_inactive": "true"})
+    assert sorted(r["external_id"] for r in mine) == sorted(MY_PEOPLE)
+    assert {r["name"] for r in mine} == {"Mine"}
+    for params in ({}, {"include_inactive": "true"}, {"group": MY_GROUP}):
+        theirs = await every(t.theirs, "/v1/recipients", params)
+        assert {r["name"] for r in theirs} <= {"Theirs"}, params
+        assert bool(theirs) == ("group" not in params), params
+
+
+async def list_announcements(t: Tenants) -> None:
+    mine = {a["id"] for a in await every(t.mine, "/v1/announcements")}
+    theirs = {a["id"] for a in await every(t.theirs, "/v1/announcements")}
+    assert {t.announcement, t.scheduled} <= mine
+    assert theirs
+    assert not mine & theirs
+
+
+async def list_sandbox(t: Tenants) -> None:
+    mine = await every(t.mine, "/v1/sandbox/messages")
+    theirs = await every(t.theirs, "/v1/sandbox/messages")
+    assert {r["recipient"] for r in mine} <= set(MY_PEOPLE)
+    assert mine
+    assert theirs
+    assert {r["recipient"] for r in theirs} <= set(THEIR_PEOPLE)
+    assert not {r["delivery_id"] for r in mine} & {r["delivery_id"] for r in theirs}
+    for message_id in (t.announcement, t.notification):
+        assert await sandbox_of(t.theirs, message_id) == []
+
+
+async def create_announcement(t: Tenants) -> None:
+    before = await t.my_rows()
+    named = {**ANNOUNCEMENT, "audience": {"recipients": ["p1"]}, "channels": ["email"]}
+    problem(await t.as_theirs("POST", "/v1/announcements", named), 422)
+    # My group is nobody in their organization.
+    grouped = {**ANNOUNCEMENT, "audience": {"groups": [MY_GROUP]}, "channels": ["email"]}
+    theirs = body_of(await t.as_theirs("POST", "/v1/announcements", grouped), 202)
+    await wait_for_state(t.theirs, f"/v1/announcements/{theirs['id']}", "completed")
+    assert await deliveries_of(t.theirs, theirs["id"]) == []
+    assert await t.my_rows() == before
+
+    # Idempotency-Keys are per organization: the key and body I used are a new request from
+    # them, not a replay of my answer.
+    later = {**grouped, "send_at": in_future(3600)}
+    key = {"Idempotency-Key": "shared-key"}
+    mine = body_of(
+        await t.mine.client.post(
+            "/v1/announcements", json=later, headers=t.mine.headers(Scope.SEND, **key)
+        ),
+        202,
+    )
+    before = await t.my_rows()
+    response = await t.theirs.client.post(
+        "/v1/announcements", json=later, headers=t.theirs.headers(Scope.ADMIN, **key)
+    )
+    assert "Idempotent-Replayed" not in response.headers
+    assert body_of(response, 202)["id"] != mine["id"]
+    assert await t.my_rows() == before
+
+
+async def create_notification(t: Tenants) -> None:
+    before = await t.my_rows()
+    note = {"title": "t", "body": "b", "recipient": "p1", "channels": ["email"]}
+    body = problem(await t.as_theirs("POST", "/v1/notifications", note), 422)
+    assert "p1" in str(body["errors"])
+    assert await t.my_rows() == before
+
+
+async def get_channel(t: Tenants) -> None:
+    for channel in ("whatsapp", "sms"):
+        mine = body_of(await t.mine.get(f"/v1/channels/{channel}"), 200)
+        theirs = body_of(await t.theirs.get(f"/v1/channels/{channel}"), 200)
+        assert mine["source"] == "organization"
+        assert theirs["source"] != "organization"
+        assert theirs["settings"] != mine["settings"]
+
+
+async def list_channels(t: Tenants) -> None:
+    theirs = body_of(await t.theirs.get("/v1/channels"), 200)["items"]
+    assert theirs
+    assert all(c["source"] != "organization" for c in theirs if c["channel"] != "email")
+
+
+async def put_channel(t: Tenants) -> None:
+    before = await t.my_rows()
+    smtp = {
+        "provider": "smtp",
+        "host": "127.0.0.1",
+        "port": 9,
+        "security": "none",
+        "from_address": "news@theirs.example",
+    }
+    body_of(await t.as_theirs("PUT", "/v1/channels/email", smtp), 201)
+    assert await t.my_rows() == before
+
+
+async def signed_by_another_account(t: Tenants) -> None:
+    # A third organization's own provider accounts sign receipts about my delivery. They are
+    # verified, so they are applied, but only to that organization's deliveries: none.
+    intruder = await t.mine.other_org("Intruder")
+    for channel, config in [
+        ("whatsapp", whatsapp_account("200", "their-secret")),
+        ("sms", twilio_account("AC" + "2" * 32, "their-token")),
+    ]:
+        body_of(await intruder.put(f"/v1/channels/{channel}", config, Scope.ADMIN), 201)
+    delivery = t.delivery
+    before = await t.my_rows()
+    for response in [
+        await post_whatsapp_read(t, delivery, "200", "their-secret"),
+        await post_twilio_read(t, delivery, "AC" + "2" * 32, "their-token"),
+    ]:
+        assert response.status_code == 200, response.text
+    assert await t.my_rows() == before
+    # The same receipt from my own account moves my delivery: the probe above could tell.
+    assert (await post_whatsapp_read(t, delivery, "100", "my-secret")).status_code == 200
+    after = await t.mine.get(f"/v1/deliveries/{delivery['id']}")
+    assert body_of(after, 200)["state"] == "read"
+
+
+async def post_whatsapp_read(
+    t: Tenants, delivery: dict[str, Any], number_id: str, secret: str
+) -> httpx.Response:
+    payload = status_payload(
+        number_id, delivery["provider_message_id"], "read", "+27820000000", str(delivery["id"])
+    )
+    body = webhook_body(payload)
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
+    return await t.mine.client.post("/v1/webhooks/whatsapp", content=body, headers=headers)
+
+
+async def post_twilio_read(
+    t: Tenants, delivery: dict[str, Any], sid: str, token: str
+) -> httpx.Response:
+    path = f"/v1/webhooks/twilio?delivery={delivery['id']}"
+    params = {
+        "AccountSid": sid,
+        "MessageSid": delivery["provider_message_id"],
+        "MessageStatus": "read",
+    }
+    signature = twilio.signature(token, PUBLIC_URL + path, params)
+    return await t.mine.client.post(path, data=params, headers={"X-Twilio-Signature": signature})
+
+
+def _announcement(t: Tenants) -> str:
+    return f"/v1/announcements/{t.announcement}"
+
+
+#: For each operation: a probe, or why it holds no organization's data.
+G7: dict[tuple[str, str], Probe | str] = {
+    ("GET", "/health"): "liveness of the process; no organization's data",
+    ("GET", "/ready"): "readiness of the process; no organization's data",
+    ("GET", "/v1/webhooks/whatsapp"): "Meta's handshake: echoes a challenge, reads no rows",
+    ("POST", "/v1/webhooks/whatsapp"): signed_by_another_account,
+    ("POST", "/v1/webhooks/twilio"): signed_by_another_account,
+    ("GET", "/v1/recipients"): list_recipients,
+    ("POST", "/v1/recipients/batch"): import_recipients,
+    ("PUT", "/v1/recipients/{external_id}"): put_recipient,
+    ("GET", "/v1/recipients/{external_id}"): not_found("GET", lambda t: "/v1/recipients/p1"),
+    ("DELETE", "/v1/recipients/{external_id}"): not_found("DELETE", lambda t: "/v1/recipients/p1"),
+    ("GET", "/v1/recipients/{external_id}/preferences"): not_found(
+        "GET", lambda t: "/v1/recipients/p1/preferences"
+    ),
+    ("PUT", "/v1/recipients/{external_id}/preferences"): not_found(
+        "PUT", lambda t: "/v1/recipients/p1/preferences", {"channels": {"email": False}}
+    ),
+    ("GET", "/v1/announcements"): list_announcements,
+    ("POST", "/v1/announcements"): create_announcement,
+    ("GET", "/v1/announcements/{message_id}"): not_found("GET", _announcement),
+    ("GET", "/v1/announcements/{message_id}/deliveries"): not_found(
+        "GET", lambda t: f"{_announcement(t)}/deliveries"
+    ),
+    ("POST", "/v1/announcements/{message_id}/cancel"): not_found(
+        "POST", lambda t: f"/v1/announcements/{t.scheduled}/cancel"
+    ),
+    ("POST", "/v1/notifications"): create_notification,
+    ("GET", "/v1/notifications/{message_id}"): not_found(
+        "GET", lambda t: f"/v1/notifications/{t.notification}"
+    ),
+    ("POST", "/v1/notifications/{message_id}/cancel"): not_found(
+        "POST", lambda t: f"/v1/notifications/{t.scheduled_note}/cancel"
+    ),
+    ("GET", "/v1/deliveries/{delivery_id}"): not_found(
+        "GET", lambda t: f"/v1/deliveries/{t.delivery['id']}"
+    ),
+    ("GET", "/v1/sandbox/messages"): list_sandbox,
+    ("GET", "/v1/channels"): list_channels,
+    ("GET", "/v1/channels/{channel}"): get_channel,
+    ("PUT", "/v1/channels/{channel}"): put_channel,
+    ("DELETE", "/v1/channels/{channel}"): not_found("DELETE", lambda t: "/v1/channels/sms"),
+}
+
+
+async def documented_operations(api: Api) -> list[tuple[str, str]]:
+    spec = body_of(await api.client.get("/openapi.json"), 200)
+    return [
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    ]
+
+
+async def test_every_documented_operation_has_a_tenancy_check(api: Api) -> None:
+    documented = await documented_operations(api)
+    missing = sorted(set(documented) - set(G7))
+    assert not missing, f"operations without a G7 check (add them to G7): {missing}"
+    stale = sorted(set(G7) - set(documented))
+    assert not stale, f"G7 checks for operations the API no longer has: {stale}"
+
+
+async def test_no_operation_reaches_another_organizations_rows(live_api: Api) -> None:
+    t = await tenants(live_api)
+    probed = 0
+    for method, path in await documented_operations(live_api):
+        check = G7[(method, path)]
+        if isinstance(check, str):
+            continue
+        try:
+            await check(t)
+        except AssertionError as exc:
+            raise AssertionError(f"{method} {path}: {exc}") from exc
+        probed += 1
+    assert probed >= 20

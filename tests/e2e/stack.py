@@ -101,6 +101,7 @@ async def serve(settings: Settings, port: int) -> AsyncIterator[tuple[Api, uvico
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        await app.state.services.startup.wait()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             api = Api(client, app.state.services)
             await api.new_org()

@@ -516,3 +516,21 @@ async def test_close_closes_every_connection(provider: SmtpProvider, server: Smt
 
     await server.wait_disconnected()
     assert server.open_connections == 0
+
+
+async def test_a_send_that_never_got_a_connection_is_transient_not_in_doubt(
+    server: SmtpServer,
+) -> None:
+    """Waiting for a free connection is bounded by the adapter: the engine's send timeout
+    would cut it off as "in doubt" although nothing was sent."""
+    provider = SmtpProvider(make_config(server, connections=1), connect_timeout=0.3)
+    server.data_delay = 1.0
+    try:
+        first = asyncio.create_task(provider.send(make_message(1)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TransientSendError, match="nothing was sent"):
+            await provider.send(make_message(2))
+        await first
+    finally:
+        await provider.close()
+    assert [r.message["X-Bulletin-Delivery"] for r in server.received] == ["1"]

@@ -295,3 +295,82 @@ async def test_resolution_work_is_linear_without_planner_statistics(
         plan = json.loads(plan) if isinstance(plan, str) else plan
         touched = _rows_touched(plan[0]["Plan"])
         assert touched < 20 * 3000, f"{touched} rows touched for 3,000 recipients:\n{sql}"
+
+
+async def _cancel_message(db: Database, message: Message) -> int:
+    async with db.transaction() as session:
+        await session.execute(
+            update(Message).where(Message.id == message.id).values(state="cancelled")
+        )
+        return await repository.cancel_pending(session, message.id, utcnow())
+
+
+async def test_a_send_in_flight_at_cancel_that_must_be_retried_is_cancelled_not_resent(
+    db: Database,
+) -> None:
+    """G5: the delivery was sending when the cancel came; its send then failed for a while.
+    It must end cancelled, and no later claim may start it again."""
+    org = await new_org(db)
+    await add_people(db, org, [person(1)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    (claimed,) = await _claim(db)
+
+    assert await _cancel_message(db, message) == 0  # it was in flight, not pending
+    retry = Outcome(claimed.id, claimed.attempt, DeliveryState.PENDING, "will retry", utcnow())
+    assert len(await _complete(db, [retry])) == 1
+
+    assert await _claim(db) == []
+    (delivery,) = await deliveries_of(db, message.id)
+    assert delivery.state == "cancelled"
+    assert delivery.reason == "message cancelled"
+
+
+async def test_claims_pass_pending_deliveries_of_cancelled_messages_and_tidying_ends_them(
+    db: Database,
+) -> None:
+    """A retry written in the same instant as the cancel can leave a delivery pending in a
+    cancelled message: no claim starts it, and the scheduler's tidying cancels it."""
+    org = await new_org(db)
+    await add_people(db, org, [person(1), person(2)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    async with db.transaction() as session:
+        await session.execute(
+            update(Message).where(Message.id == message.id).values(state="cancelled")
+        )
+
+    assert await _claim(db) == []
+    async with db.transaction() as session:
+        assert await repository.cancel_orphans(session, utcnow()) == 2
+    assert {d.state for d in await deliveries_of(db, message.id)} == {"cancelled"}
+
+
+async def test_a_late_hand_back_of_the_same_attempt_undoes_unknown(db: Database) -> None:
+    """The database was away longer than the lease: the reaper made the delivery unknown,
+    then the worker could finally write that it never called the provider. That is
+    certain, so the delivery goes back to the queue; a later attempt's hand-back is not."""
+    org = await new_org(db)
+    await add_people(db, org, [person(1)])
+    message = await announce(db, org)
+    await _resolve_all(db, message)
+    [row] = await _claim(db)
+    doubt = Outcome(row.id, row.attempt, DeliveryState.UNKNOWN, "the worker's lease expired")
+    assert await _complete(db, [doubt]) == [doubt]
+
+    stale = Outcome(row.id, row.attempt - 1, DeliveryState.PENDING, "released", gave_back=True)
+    assert await _complete(db, [stale]) == []
+    failure = Outcome(row.id, row.attempt, DeliveryState.PENDING, "will retry", utcnow())
+    assert await _complete(db, [failure]) == []  # a failed call may have reached it
+    released = Outcome(
+        row.id,
+        row.attempt,
+        DeliveryState.PENDING,
+        "released: database unavailable",
+        utcnow(),
+        gave_back=True,
+    )
+    assert await _complete(db, [released]) == [released]
+    [delivery] = await deliveries_of(db, message.id)
+    assert delivery.state == "pending"
+    assert delivery.send_attempts == row.send_attempts - 1

@@ -1,7 +1,9 @@
 """RFC 9457 problem details: how every error leaves the API.
 
 Bulletin's own exceptions are mapped to status codes here and nowhere else. An unexpected
-exception becomes a 500 whose body says nothing about the internals.
+exception becomes a 500 whose body says nothing about the internals. A database that cannot be
+reached right now (see :func:`bulletin.db.is_unavailable`) is not a defect: it answers 503 with
+``Retry-After``, and the same request succeeds once the database is back.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from bulletin import errors
+from bulletin.db import describe, is_unavailable
 
 log = structlog.get_logger("bulletin.api")
 
 MEDIA_TYPE = "application/problem+json"
+#: Seconds a client is asked to wait before retrying while the service cannot answer.
+RETRY_AFTER_SECONDS = 5
 
 _STATUS: list[tuple[type[errors.BulletinError], int, str, str]] = [
     (errors.NotFound, 404, "not-found", "Not found"),
@@ -112,6 +118,32 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def unavailable(
+    detail: str, *, slug: str = "unavailable", instance: str | None = None
+) -> JSONResponse:
+    """503 with ``Retry-After``: the service cannot answer now, and will."""
+    return problem(
+        503,
+        slug,
+        "Service unavailable",
+        detail,
+        instance=instance,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if not is_unavailable(exc):
+        return await _unexpected(request, exc)
+    log.warning("api.database_unavailable", path=request.url.path, error=describe(exc))
+    return unavailable(
+        "The database cannot be reached right now. Retry after Retry-After seconds, with the "
+        "same Idempotency-Key, so that a request that did take effect is not made twice.",
+        slug="database-unavailable",
+        instance=request.url.path,
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("api.unhandled_error", path=request.url.path)
     return problem(500, "internal", "Internal error", "Something went wrong on our side.")
@@ -121,6 +153,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(errors.BulletinError, _bulletin)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(SQLAlchemyError, _database)
+    app.add_exception_handler(OSError, _database)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -144,11 +178,15 @@ class Problem(BaseModel):
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI description of the error answers a route can give."""
     described = {
+        400: "The body cannot be read as what this route takes",
         401: "No API key, or one that is not valid",
         403: "The key's scope does not allow this",
         404: "Not found in this organization",
         409: "The resource's state does not allow this, or a twin request is in progress",
+        413: "The request body is longer than the server's limit (BULLETIN_MAX_BODY_BYTES)",
         422: "Invalid request",
+        503: "The database cannot be reached right now, or the service is starting; "
+        "retry after Retry-After seconds",
     }
     schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)

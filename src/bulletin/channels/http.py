@@ -61,9 +61,13 @@ async def exchange(
     bound: Any,
     **request: Any,
 ) -> Answer:
-    """POST to a provider. A connection that could not be made is a transient error (nothing
-    was sent); anything that breaks later comes back in :attr:`Answer.error` for the adapter
-    to judge, since only it knows whether the request could have been taken."""
+    """POST to a provider.
+
+    A connection that could not be made, or that broke while the request was being written,
+    is a transient error: nothing was taken. Anything that breaks later comes back in
+    :attr:`Answer.error` for the adapter to judge, since only it knows whether the request
+    could have been taken.
+    """
     status: int | None = None
     retry_after: float | None = None
     event = provider.lower().replace(" ", "_")
@@ -83,4 +87,20 @@ async def exchange(
             slow_down=True,
         ) from exc
     except aiohttp.ClientError as exc:
+        if status is None and failed_while_writing(exc):
+            bound.info(f"{event}.write_failed", error=repr(exc))
+            raise TransientSendError(
+                f"the connection to {provider} failed before the request was sent: {exc!r}"
+            ) from exc
         return Answer(status, retry_after, None, exc)
+
+
+def failed_while_writing(exc: aiohttp.ClientError) -> bool:
+    """Whether the request cannot have reached the provider whole.
+
+    aiohttp raises ClientConnectionResetError when the connection was gone before the
+    request could be written, and reports a failed body write as a ClientOSError.
+    """
+    if isinstance(exc, aiohttp.ClientConnectionResetError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and "Can not write request body" in str(exc)

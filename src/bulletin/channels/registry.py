@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 
@@ -66,6 +66,20 @@ class ChannelRegistry:
         if own is not None:
             return own[1]
         return self._configs.get(channel) if channel in self._by_channel else None
+
+    async def confirm_unconfigured(
+        self, keys: Iterable[tuple[uuid.UUID, str]], since: float
+    ) -> None:
+        """Look again before anything goes to the default provider.
+
+        ``since`` is when (``time.monotonic()``) the work at hand was read from the database.
+        A configuration saved before that, by another process, may not have been seen yet;
+        sending to the sandbox instead would drop the message.
+        """
+        if self._stored is None or self._refreshed_at >= since:
+            return
+        if any(key not in self._own and key[1] not in self._by_channel for key in keys):
+            await self.refresh(force=True)
 
     async def refresh(self, *, force: bool = False) -> None:
         """Pick up configurations changed since the last look (at most every few seconds)."""

@@ -222,7 +222,17 @@ class SmtpProvider(Provider):
         """Send one email; its ``Message-ID`` is the provider message id."""
         bound = log.bind(delivery_id=message.delivery_id, account=self.account)
         envelope = self._envelope(message)
-        async with self._slots:
+        try:
+            # Waiting for a connection is bounded here, not by the engine's send timeout: a
+            # send cut off while it waited has sent nothing, and must not be taken as in doubt.
+            async with asyncio.timeout(self._connect_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            bound.info("smtp.pool_busy", connections=self._config.connections)
+            raise TransientSendError(
+                f"all {self._config.connections} SMTP connections stayed busy; nothing was sent"
+            ) from None
+        try:
             connection = await self._ready(envelope, bound)
             try:
                 reply = await connection.data(envelope.content, timeout=None)
@@ -242,6 +252,8 @@ class SmtpProvider(Provider):
                 self._discard(connection)
                 raise
             self._idle.append(connection)
+        finally:
+            self._slots.release()
         bound.debug("smtp.accepted", reply=reply.message)
         return Accepted(envelope.message_id)
 

@@ -185,11 +185,6 @@ class WhatsAppCloudProvider(Provider):
             if status is not None and not 200 <= status < 300:
                 # The status line already said no; only the explanation was lost.
                 raise self._refusal(bound, status, retry_after, _GraphError())
-            if status is None and exc is not None and _failed_while_writing(exc):
-                bound.info("whatsapp.write_failed", error=repr(exc))
-                raise TransientSendError(
-                    f"the connection to the Cloud API failed before the request was sent: {exc!r}"
-                ) from exc
             bound.warning("whatsapp.in_doubt", error=repr(exc), status=status)
             raise InDoubtSendError(
                 f"the connection to the Cloud API failed after the request was sent: {exc!r}"
@@ -247,15 +242,6 @@ class WhatsAppCloudProvider(Provider):
         # A redirect or an informational answer: the base URL points somewhere else.
         bound.error("whatsapp.unexpected_status", status=status, url=self._url)
         return TransientSendError(detail, retry_after=ACCOUNT_RETRY_SECONDS, slow_down=True)
-
-
-def _failed_while_writing(exc: aiohttp.ClientError) -> bool:
-    # aiohttp raises ClientConnectionResetError when the connection was gone before the
-    # request could be written, and reports a failed body write as this ClientOSError. In
-    # both cases the Cloud API cannot have received a whole request.
-    if isinstance(exc, aiohttp.ClientConnectionResetError):
-        return True
-    return isinstance(exc, aiohttp.ClientOSError) and "Can not write request body" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)

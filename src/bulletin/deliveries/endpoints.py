@@ -10,7 +10,9 @@ from bulletin.api.deps import Reader, ServicesDep
 from bulletin.api.problems import responses
 from bulletin.deliveries import schemas, service
 
-router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], responses=responses(401, 403, 422))
+router = APIRouter(
+    prefix="/v1/deliveries", tags=["deliveries"], responses=responses(401, 403, 422, 503)
+)
 
 
 @router.get("/{delivery_id}", response_model=schemas.DeliveryDetail, responses=responses(404))

@@ -34,6 +34,9 @@ from bulletin.worker.policy import address_of
 
 log = structlog.get_logger("bulletin.receipts")
 
+#: Delivery ids are positive 64-bit integers.
+_MAX_ID = 2**63 - 1
+
 
 @dataclass
 class Applied:
@@ -56,6 +59,9 @@ async def _find(
             provider=provider,
             provider_message_id=receipt.provider_message_id,
         )
+        return None
+    if not 0 < receipt.delivery_id <= _MAX_ID:
+        # Not an id of ours: no row has it, and the database could not even compare it.
         return None
     query = select(Delivery).where(Delivery.id == receipt.delivery_id)
     if orgs is not None:
@@ -161,6 +167,9 @@ async def apply_inbound(
             continue
         enable = keyword == "start"
         for person in people:
+            # A repeated reply (or the provider retrying its webhook) changes nothing.
+            if getattr(person, _PREFERENCE[inbound.channel]) is enable:
+                continue
             setattr(person, _PREFERENCE[inbound.channel], enable)
             person.updated_at = now
             changed += 1

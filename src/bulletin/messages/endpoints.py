@@ -17,14 +17,14 @@ from bulletin.deliveries.states import DeliveryState
 from bulletin.idempotency.service import StoredAnswer
 from bulletin.messages import schemas, service
 
-router = APIRouter(prefix="/v1", responses=responses(401, 403, 422))
+router = APIRouter(prefix="/v1", responses=responses(401, 403, 422, 503))
 
 
 @router.post(
     "/announcements",
     status_code=202,
     response_model=schemas.Announcement,
-    responses=responses(409),
+    responses=responses(409, 413),
     tags=["announcements"],
 )
 async def create_announcement(
@@ -131,7 +131,7 @@ async def cancel_announcement(
     "/notifications",
     status_code=202,
     response_model=schemas.Notification,
-    responses=responses(409),
+    responses=responses(409, 413),
     tags=["notifications"],
 )
 async def create_notification(

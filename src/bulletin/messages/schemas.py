@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from bulletin.channels.configs import WhatsAppTemplateRef
 from bulletin.recipients.schemas import CategoryName, ExternalId, GroupName
@@ -41,6 +41,17 @@ SendAt = Annotated[AwareDatetime, AfterValidator(_representable_in_utc)]
 
 class Audience(RequestBody):
     """Who an announcement goes to: exactly one of everyone, groups, or named recipients."""
+
+    model_config = ConfigDict(
+        # "Exactly one of", as the validator below enforces it, for the OpenAPI document.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+                {"required": ["groups"], "properties": {"groups": {"type": "array"}}},
+                {"required": ["recipients"], "properties": {"recipients": {"type": "array"}}},
+            ]
+        }
+    )
 
     all: Literal[True] | None = Field(default=None, description="Every active recipient.")
     groups: list[GroupName] | None = Field(

@@ -12,7 +12,9 @@ from bulletin.bootstrap import Services
 from bulletin.channels.configs import ProviderConfig
 from bulletin.providers import schemas, service
 
-router = APIRouter(prefix="/v1/channels", tags=["channels"], responses=responses(401, 403, 422))
+router = APIRouter(
+    prefix="/v1/channels", tags=["channels"], responses=responses(401, 403, 422, 503)
+)
 
 ChannelPath = Annotated[
     Literal["whatsapp", "email", "sms"], Path(description="whatsapp, email or sms")
@@ -43,7 +45,10 @@ async def get_channel(
 @router.put(
     "/{channel}",
     response_model=schemas.ChannelOut,
-    responses={201: {"model": schemas.ChannelOut, "description": "Created"}, **responses(409)},
+    responses={
+        201: {"model": schemas.ChannelOut, "description": "Created"},
+        **responses(409, 413),
+    },
 )
 async def put_channel(
     channel: ChannelPath,

@@ -15,7 +15,9 @@ from bulletin.idempotency.service import StoredAnswer
 from bulletin.recipients import schemas, service
 from bulletin.schemas import NO_CONTROL_CHARACTERS
 
-router = APIRouter(prefix="/v1/recipients", tags=["recipients"], responses=responses(401, 403, 422))
+router = APIRouter(
+    prefix="/v1/recipients", tags=["recipients"], responses=responses(401, 403, 422, 503)
+)
 
 ExternalIdPath = Annotated[
     str,
@@ -31,7 +33,7 @@ ExternalIdPath = Annotated[
 @router.put(
     "/{external_id}",
     response_model=schemas.Recipient,
-    responses={201: {"model": schemas.Recipient, "description": "Created"}},
+    responses={201: {"model": schemas.Recipient, "description": "Created"}, **responses(413)},
 )
 async def put_recipient(
     external_id: ExternalIdPath,
@@ -94,7 +96,7 @@ async def list_recipients(
     "/batch",
     status_code=200,
     response_model=schemas.BatchResult,
-    responses=responses(409),
+    responses=responses(409, 413),
 )
 async def import_recipients(
     body: schemas.RecipientBatch,
@@ -132,7 +134,9 @@ async def get_preferences(
 
 
 @router.put(
-    "/{external_id}/preferences", response_model=schemas.Preferences, responses=responses(404)
+    "/{external_id}/preferences",
+    response_model=schemas.Preferences,
+    responses=responses(404, 413),
 )
 async def put_preferences(
     external_id: ExternalIdPath,

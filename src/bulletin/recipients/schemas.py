@@ -54,8 +54,13 @@ class RecipientRow(RecipientFields):
 
 
 class RecipientBatch(RequestBody):
+    # Rows are validated one by one by the service, so that every bad row's reasons can be
+    # listed; the OpenAPI document still says what a row is.
     recipients: list[dict[str, Any]] = Field(
-        min_length=1, max_length=10_000, description="Up to 10,000 recipients, as in PUT."
+        min_length=1,
+        max_length=10_000,
+        description="Up to 10,000 recipients, as in PUT.",
+        json_schema_extra={"items": RecipientRow.model_json_schema()},
     )
 
 

@@ -11,7 +11,7 @@ from bulletin.api.deps import Reader, ServicesDep
 from bulletin.api.problems import responses
 from bulletin.sandbox import repository, schemas
 
-router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"], responses=responses(401, 403, 422))
+router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"], responses=responses(401, 403, 422, 503))
 
 
 @router.get("/messages", response_model=schemas.SandboxPage)

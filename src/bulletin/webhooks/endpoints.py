@@ -5,13 +5,16 @@
 * ``/v1/webhooks/twilio``: status callbacks and inbound SMS (``X-Twilio-Signature``).
 
 A request whose signature does not verify with a configured account's secret is answered 401
-and changes nothing. A verified one is answered 200 once it is applied and committed, so the
-provider retries anything that was not.
+and changes nothing; so is a verified one whose body is not what the provider sends (400). A
+verified one is answered 200 once it is applied and committed, so the provider retries anything
+that was not; posted again, it changes nothing more. Bodies longer than
+``BULLETIN_MAX_BODY_BYTES`` are refused (413) before they are read.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 import structlog
@@ -19,7 +22,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from bulletin.api.deps import ServicesDep
-from bulletin.api.problems import problem
+from bulletin.api.problems import problem, responses
 from bulletin.channels import twilio, whatsapp
 from bulletin.channels.configs import TwilioConfig, WhatsAppCloudConfig
 from bulletin.deliveries import receipts
@@ -28,12 +31,51 @@ from bulletin.webhooks import service
 log = structlog.get_logger("bulletin.webhooks")
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
+#: The ``delivery`` parameter Bulletin puts in its status callback URLs.
+_DELIVERY_ID = re.compile(r"[0-9]{1,18}")
+
 
 def _unauthorized(detail: str) -> Response:
     return problem(401, "unauthenticated", "Unauthenticated", detail)
 
 
-@router.get("/whatsapp", response_class=PlainTextResponse)
+# The routes read their bodies themselves (a signature covers the exact bytes), so what they
+# take is declared here for the OpenAPI document rather than by a model.
+_WHATSAPP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "A whatsapp_business_account notification, as Meta sends it.",
+                }
+            }
+        },
+    }
+}
+_TWILIO_BODY = {
+    "parameters": [
+        {
+            "name": "delivery",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "The delivery a status callback is about, as Bulletin gave it.",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        },
+    },
+}
+
+
+@router.get("/whatsapp", response_class=PlainTextResponse, responses=responses(403, 422, 503))
 async def whatsapp_verify(
     svc: ServicesDep,
     mode: Annotated[str | None, Query(alias="hub.mode")] = None,
@@ -55,7 +97,12 @@ async def whatsapp_verify(
     )
 
 
-@router.post("/whatsapp", status_code=200)
+@router.post(
+    "/whatsapp",
+    response_class=Response,
+    responses={200: {"description": "Applied"}, **responses(400, 401, 413, 503)},
+    openapi_extra=_WHATSAPP_BODY,
+)
 async def whatsapp_notify(request: Request, svc: ServicesDep) -> Response:
     """Statuses (sent, delivered, read, failed) and inbound messages from the Cloud API."""
     raw = await request.body()
@@ -72,7 +119,8 @@ async def whatsapp_notify(request: Request, svc: ServicesDep) -> Response:
         return _unauthorized("X-Hub-Signature-256 is missing or does not match.")
     try:
         parsed = whatsapp.parse_webhook(json.loads(raw))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: arrays nested deeper than the parser goes are not a notification.
         return problem(400, "bad-request", "Bad Request", f"Not a WhatsApp notification: {exc}")
     serving = service.whatsapp_by_number(accounts, parsed.phone_number_ids)
     orgs = sorted({org for a in serving for org in a.orgs})
@@ -98,7 +146,15 @@ def _public_url(request: Request, base_url: str) -> str:
     return url
 
 
-@router.post("/twilio")
+@router.post(
+    "/twilio",
+    response_class=Response,
+    responses={
+        200: {"description": "Applied; an empty TwiML answer", "content": {"application/xml": {}}},
+        **responses(400, 401, 413, 503),
+    },
+    openapi_extra=_TWILIO_BODY,
+)
 async def twilio_callback(request: Request, svc: ServicesDep) -> Response:
     """Status callbacks of sent SMS (``?delivery=`` names the delivery) and inbound SMS."""
     form = await request.form()
@@ -121,7 +177,8 @@ async def twilio_callback(request: Request, svc: ServicesDep) -> Response:
         return _unauthorized("X-Twilio-Signature is missing or does not match.")
     orgs = sorted({org for a in verified for org in a.orgs})
     delivery = request.query_params.get("delivery")
-    known = delivery is not None and delivery.isdigit() and len(delivery) <= 18
+    # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits.
+    known = delivery is not None and _DELIVERY_ID.fullmatch(delivery) is not None
     delivery_id = int(delivery) if known and delivery is not None else None
     receipt = twilio.parse_status(fields, delivery_id)
     inbound = twilio.parse_inbound(fields)

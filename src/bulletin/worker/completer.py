@@ -1,8 +1,12 @@
 """Writes the outcomes of finished sends in batches, with the fence that makes them safe.
 
 Outcomes wait a few milliseconds so that many are written by one statement. If the database
-is unreachable they are kept and written when it returns; if this process dies first, the
-deliveries' leases expire and the reaper settles them, which is the designed path.
+is unreachable they are kept, and the write is tried again (with capped backoff) until it lands
+or the fence turns it away because the lease was taken over: an outcome learned from a provider
+is never dropped, so an accepted send is neither resent nor left in ``sending``. If this process
+dies first, the deliveries' leases expire and the reaper settles them, which is the designed
+path. Writing an outcome twice is harmless: the fence makes the second write change nothing
+(the first may have committed although its acknowledgement was lost with the connection).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import asyncio
 import time
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
-from bulletin.db import Database, utcnow
+from bulletin.backoff import Backoff
+from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.outcomes import Outcome
+from bulletin.metrics import FENCED_OUT, count_completions
 
 log = structlog.get_logger("bulletin.worker")
 
@@ -39,18 +44,32 @@ class Completer:
 
     async def run(self) -> None:
         """Flush forever; cancel to stop (call :meth:`drain` first to write what is left)."""
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             await self._has_work.wait()
             if len(self._outcomes) < self._max_batch and self._flush_seconds:
                 await asyncio.sleep(self._flush_seconds)
             try:
                 await self._flush_once()
-                backoff = 0.1
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("worker.complete_failed", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                # Never give up on an outcome: this task ending would strand every later one.
+                delay = backoff.failed()
+                self._failed(exc, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            if failures := backoff.succeeded():
+                log.info("worker.complete_resumed", failures=failures)
+
+    def _failed(self, exc: Exception, **fields: object) -> None:
+        if is_unavailable(exc):
+            log.warning(
+                "worker.complete_failed",
+                error=describe(exc),
+                waiting=len(self._outcomes),
+                **fields,
+            )
+        else:
+            log.exception("worker.complete_error", waiting=len(self._outcomes), **fields)
 
     async def _flush_once(self) -> None:
         batch = self._outcomes[: self._max_batch]
@@ -62,9 +81,11 @@ class Completer:
             applied = await repository.complete(session, batch, utcnow())
         del self._outcomes[: len(batch)]
         self.applied += len(applied)
+        count_completions(applied)
         if len(applied) != len(batch):
             stale = {o.delivery_id for o in batch} - {o.delivery_id for o in applied}
             self.fenced_out += len(stale)
+            FENCED_OUT.inc(len(stale))
             log.info("worker.completion_fenced_out", deliveries=sorted(stale))
         if not self._outcomes:
             self._has_work.clear()
@@ -76,8 +97,8 @@ class Completer:
         while self._outcomes and time.monotonic() < deadline:
             try:
                 await self._flush_once()
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("worker.complete_failed", error=str(exc))
+            except Exception as exc:
+                self._failed(exc)
                 await asyncio.sleep(0.2)
         return not self._outcomes
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -30,11 +32,12 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bulletin.backoff import Backoff
 from bulletin.channels.base import OutboundMessage, Provider, WhatsAppTemplate
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
-from bulletin.db import Database, utcnow
+from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.outcomes import Outcome, SuppressAddress
 from bulletin.deliveries.receipts import window_open
@@ -49,6 +52,7 @@ from bulletin.messages.templates import (
     TemplateChoice,
     TemplateFailed,
 )
+from bulletin.metrics import RETRIES, SEND_SECONDS
 from bulletin.recipients.models import Recipient
 from bulletin.worker import policy
 from bulletin.worker.completer import Completer
@@ -116,6 +120,8 @@ class Dispatcher:
     ) -> None:
         self._db = db
         self._registry = registry
+        #: Names this process in the claim events of the deliveries it takes.
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._settings = settings
         self._wakeup = wakeup
         self._retry = RetryPolicy.from_settings(settings)
@@ -132,7 +138,7 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Dispatch until ``stopping`` is set, then shut down gracefully."""
         completer = asyncio.create_task(self.completer.run(), name="completer")
-        backoff = 0.1
+        backoff = Backoff()
         try:
             while not stopping.is_set():
                 free = self._settings.max_in_flight - len(self._sends)
@@ -144,12 +150,20 @@ class Dispatcher:
                     claimed = await self._claim_and_dispatch(
                         min(free, self._settings.claim_batch_size)
                     )
-                    backoff = 0.1
-                except (SQLAlchemyError, OSError) as exc:
-                    log.warning("worker.claim_failed", error=str(exc), retry_in=backoff)
-                    await self._wakeup.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                except Exception as exc:
+                    # The database went away (or a defect): wait, then look again. Sends in
+                    # flight go on; their outcomes wait in the completer.
+                    delay = backoff.failed()
+                    if is_unavailable(exc):
+                        log.warning(
+                            "worker.claim_failed", error=describe(exc), retry_in=round(delay, 2)
+                        )
+                    else:
+                        log.exception("worker.claim_error", retry_in=round(delay, 2))
+                    await self._wakeup.wait(delay)
                     continue
+                if failures := backoff.succeeded():
+                    log.info("worker.claim_resumed", failures=failures)
                 if claimed == 0:
                     await self._idle()
         finally:
@@ -171,7 +185,10 @@ class Dispatcher:
         try:
             async with self._db.read() as session:
                 due = await repository.next_due(session)
-        except (SQLAlchemyError, OSError):
+        except Exception as exc:
+            # Only a hint for how long to sleep; the claim loop reports outages.
+            if not is_unavailable(exc):
+                log.exception("worker.next_due_error")
             due = None
         if due is not None:
             timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
@@ -197,11 +214,12 @@ class Dispatcher:
 
     async def _claim_and_dispatch(self, limit: int) -> int:
         await self._registry.refresh()
+        looked_at = time.monotonic()
         now = utcnow()
         lease = dt.timedelta(seconds=self._settings.lease_seconds)
         lease_deadline = time.monotonic() + self._settings.lease_seconds
         async with self._db.transaction() as session:
-            rows = await repository.claim(session, now, now + lease, limit)
+            rows = await repository.claim(session, now, now + lease, limit, self._name)
             if not rows:
                 return 0
             recipients = await repository.recipients_by_id(session, [r.recipient_id for r in rows])
@@ -214,39 +232,72 @@ class Dispatcher:
             suppressed = await repository.suppressed_addresses(
                 session, {r.org_id for r in rows}, addresses
             )
-        messages = await self._messages.get_many({r.message_id for r in rows})
-        for row in rows:
-            decision = await self._decide(row, recipients[row.recipient_id], messages, suppressed)
-            if isinstance(decision, Send):
-                self._start_send(
-                    row,
-                    recipients[row.recipient_id],
-                    messages[row.message_id],
-                    decision,
-                    lease_deadline,
+        # The claim is committed: from here on, a row that is not handed to a send or given an
+        # outcome would sit in `sending` until its lease expires and then be settled as in
+        # doubt, though nothing was sent. If deciding fails (the database went away), give
+        # back every row not yet decided; the completer writes that once the database is back.
+        undecided = {row.id: row for row in rows}
+        try:
+            await self._registry.confirm_unconfigured(
+                {(r.org_id, r.channel) for r in rows}, looked_at
+            )
+            messages = await self._messages.get_many({r.message_id for r in rows})
+            for row in rows:
+                decision = await self._decide(
+                    row, recipients[row.recipient_id], messages, suppressed
                 )
-            elif isinstance(decision, Suppress):
-                self.completer.add(
-                    Outcome(
-                        row.id,
-                        row.attempt,
-                        DeliveryState.SUPPRESSED,
-                        detail=decision.reason,
-                        gave_back=True,
+                undecided.pop(row.id)
+                if isinstance(decision, Send):
+                    self._start_send(
+                        row,
+                        recipients[row.recipient_id],
+                        messages[row.message_id],
+                        decision,
+                        lease_deadline,
                     )
-                )
-            else:
-                self.completer.add(
-                    Outcome(
-                        row.id,
-                        row.attempt,
-                        DeliveryState.PENDING,
-                        detail=decision.reason,
-                        next_attempt_at=decision.until,
-                        gave_back=True,
+                elif isinstance(decision, Suppress):
+                    self.completer.add(
+                        Outcome(
+                            row.id,
+                            row.attempt,
+                            DeliveryState.SUPPRESSED,
+                            detail=decision.reason,
+                            gave_back=True,
+                        )
                     )
-                )
+                else:
+                    self.completer.add(
+                        Outcome(
+                            row.id,
+                            row.attempt,
+                            DeliveryState.PENDING,
+                            detail=decision.reason,
+                            next_attempt_at=decision.until,
+                            gave_back=True,
+                        )
+                    )
+        except asyncio.CancelledError:
+            self._give_back_undecided(list(undecided.values()), "worker stopping")
+            raise
+        except Exception as exc:
+            # Any other error is a defect; its rows are left to the lease, as after a crash.
+            if is_unavailable(exc):
+                self._give_back_undecided(list(undecided.values()), describe(exc))
+            raise
         return len(rows)
+
+    def _give_back_undecided(self, rows: list[ClaimedRow], why: str) -> None:
+        for row in rows:
+            self.completer.add(
+                Outcome(
+                    row.id,
+                    row.attempt,
+                    DeliveryState.PENDING,
+                    detail=f"released before sending: {why}",
+                    next_attempt_at=utcnow(),
+                    gave_back=True,
+                )
+            )
 
     async def _decide(
         self,
@@ -260,6 +311,11 @@ class Dispatcher:
         def is_suppressed(channel: str, address: str) -> bool:
             return (row.org_id, channel, address) in suppressed
 
+        # Sent before to a provider that deduplicates: this may be the retry of a send in doubt,
+        # which only that provider would recognise, so the delivery must not change channel.
+        provider = self._registry.provider_for(row.org_id, row.channel)
+        stay = row.send_attempts > 1 and provider.deduplicates
+
         def decide(taken: frozenset[str]) -> policy.Decision:
             return policy.decide(
                 channel=row.channel,
@@ -269,6 +325,7 @@ class Dispatcher:
                 taken=taken,
                 now=utcnow(),
                 default_timezone=self._settings.default_timezone,
+                stay=stay,
             )
 
         decision = decide(frozenset())
@@ -358,7 +415,7 @@ class Dispatcher:
         try:
             await self._pacer.slow_down(provider, seconds)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("worker.slow_down_failed", error=str(exc))
+            log.warning("worker.slow_down_failed", error=describe(exc))
 
     def _send_finished(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
@@ -373,6 +430,9 @@ class Dispatcher:
         rerouted: str | None,
         lease_deadline: float,
     ) -> None:
+        # Every line logged during this send (pacing, the adapter) names the delivery. The task
+        # has its own copy of the context, so the ids go nowhere else.
+        structlog.contextvars.bind_contextvars(delivery_id=row.id, message_id=str(row.message_id))
         provider = self._registry.provider_for(row.org_id, outbound.channel)
         timeout = self._settings.send_timeout_seconds
 
@@ -407,7 +467,10 @@ class Dispatcher:
             busy_until = await self._pacer.claim_pair(provider, outbound.address)
             later = None if busy_until else await self._pacer.wait_turn(provider)
         except (SQLAlchemyError, OSError) as exc:
-            give_back(f"released: database unavailable ({exc})", utcnow() + dt.timedelta(seconds=1))
+            give_back(
+                f"released: database unavailable ({describe(exc)})",
+                utcnow() + dt.timedelta(seconds=1),
+            )
             return
         except asyncio.CancelledError:
             # Stopped while waiting for a send slot: nothing was sent, so nothing is in doubt.
@@ -422,9 +485,7 @@ class Dispatcher:
         if (why := no_room()) is not None:
             give_back(why)
             return
-        log_ = log.bind(
-            delivery_id=row.id, message_id=str(row.message_id), channel=outbound.channel
-        )
+        log_ = log.bind(channel=outbound.channel)
 
         def in_doubt(why: str) -> Outcome:
             return policy.in_doubt(
@@ -438,10 +499,13 @@ class Dispatcher:
                 channel=rerouted,
             )
 
+        answered = "in_doubt"
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 accepted = await provider.send(outbound)
         except TransientSendError as exc:
+            answered = "transient"
             retry_at = self._retry.after_transient(
                 row.send_attempts, utcnow(), retry_after=exc.retry_after
             )
@@ -466,6 +530,7 @@ class Dispatcher:
                     next_attempt_at=retry_at,
                 )
         except PermanentSendError as exc:
+            answered = "permanent"
             log_.info("worker.send_failed", error=exc.detail)
             suppress = (
                 SuppressAddress(row.org_id, outbound.channel, outbound.address)
@@ -488,6 +553,7 @@ class Dispatcher:
             outcome = in_doubt("the provider did not answer in time")
         except asyncio.CancelledError:
             # Cut off at the end of the shutdown grace period, mid-call.
+            SEND_SECONDS.labels(outbound.channel, answered).observe(time.perf_counter() - started)
             self.completer.add(in_doubt("send interrupted by shutdown"))
             raise
         except Exception as exc:
@@ -495,6 +561,7 @@ class Dispatcher:
             log_.exception("worker.provider_error")
             outcome = in_doubt(f"provider error {type(exc).__name__}: {exc}")
         else:
+            answered = "sent"
             outcome = Outcome(
                 row.id,
                 row.attempt,
@@ -504,4 +571,7 @@ class Dispatcher:
                 provider=provider.name,
                 provider_message_id=accepted.provider_message_id,
             )
+        SEND_SECONDS.labels(outbound.channel, answered).observe(time.perf_counter() - started)
+        if outcome.state is DeliveryState.PENDING:
+            RETRIES.labels(outbound.channel).inc()
         self.completer.add(outcome)

@@ -98,12 +98,15 @@ def decide(
     taken: frozenset[str],
     now: dt.datetime,
     default_timezone: str,
+    stay: bool = False,
 ) -> Decision:
     """What to do with a claimed delivery of ``message`` to ``recipient`` on ``channel``.
 
     With ``routing: "first"`` a channel that has become unusable since the audience was
     resolved gives way to the next usable one in the message's order, skipping ``taken``
-    (channels this person already has a delivery on for this message).
+    (channels this person already has a delivery on for this message). Unless ``stay``: an
+    earlier attempt on this channel may have reached the person, and only its provider would
+    recognise a repeat, so the delivery is suppressed rather than moved.
     """
     if not recipient.active:
         return Suppress("recipient deactivated")
@@ -113,6 +116,8 @@ def decide(
     if why_not is not None:
         if message.routing != "first":
             return Suppress(why_not)
+        if stay:
+            return Suppress(f"{why_not}; an earlier attempt may have arrived, so it is not moved")
         reasons = {channel: why_not}
         for other in message.channels:
             if other == channel or other in taken:

@@ -67,11 +67,20 @@ class Engine:
             self._loops.append(
                 asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler")
             )
+        for task in [*self._loops, *self._helpers]:
+            task.add_done_callback(self._ended)
         log.info(
             "worker.started",
             dispatch=self.dispatcher is not None,
             schedule=self.scheduler is not None,
         )
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # The loops wait out database outages and log their own errors, so one that ends
+        # before stop() is a defect worth an error line: nothing is claimed or settled now.
+        if task.cancelled() or self._stopping.is_set():
+            return
+        log.error("worker.loop_ended", loop=task.get_name(), error=repr(task.exception()))
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight sends finish (grace period), write their outcomes."""

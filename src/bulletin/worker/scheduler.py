@@ -11,14 +11,15 @@ import datetime as dt
 import time
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
+from bulletin.backoff import Backoff
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
-from bulletin.db import Database, utcnow
+from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.messages import repository as messages
+from bulletin.metrics import count_expired_leases
 from bulletin.worker import pacing, policy
 from bulletin.worker.policy import RetryPolicy
 from bulletin.worker.signals import Notifier, Wakeup
@@ -47,16 +48,25 @@ class Scheduler:
         self._next_tidy = 0.0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        backoff = 0.1
+        """Tick until ``stopping`` is set. A failed tick is tried again after a capped backoff:
+        every duty is idempotent and resumable, so a tick cut short by an outage loses
+        nothing."""
+        backoff = Backoff()
         while not stopping.is_set():
             try:
                 await self.tick()
-                backoff = 0.1
                 timeout = await self._until_next_due()
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("scheduler.tick_failed", error=str(exc), retry_in=backoff)
-                timeout = backoff
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                timeout = backoff.failed()
+                if is_unavailable(exc):
+                    log.warning(
+                        "scheduler.tick_failed", error=describe(exc), retry_in=round(timeout, 2)
+                    )
+                else:
+                    log.exception("scheduler.tick_error", retry_in=round(timeout, 2))
+            else:
+                if failures := backoff.succeeded():
+                    log.info("scheduler.resumed", failures=failures)
             if not stopping.is_set():
                 await self._wakeup.wait(timeout)
 
@@ -77,9 +87,12 @@ class Scheduler:
             await self.tidy()
 
     async def tidy(self) -> int:
-        """Forget pair-rate slots long past; returns how many."""
+        """Forget pair-rate slots long past, and cancel deliveries left pending in cancelled
+        messages by a race with a cancel; returns how many rows changed."""
         async with self._db.transaction() as session:
-            return await pacing.forget_pairs(session, utcnow() - dt.timedelta(hours=1))
+            now = utcnow()
+            forgotten = await pacing.forget_pairs(session, now - dt.timedelta(hours=1))
+            return forgotten + await deliveries.cancel_orphans(session, now)
 
     async def resolve_due(self) -> int:
         """Resolve due audiences, one chunk per transaction; returns recipients resolved."""
@@ -125,8 +138,14 @@ class Scheduler:
                 for row in rows
             ]
             applied = await deliveries.complete(session, outcomes, now)
+        count_expired_leases(applied)
         if applied:
-            log.warning("scheduler.leases_expired", deliveries=[o.delivery_id for o in applied])
+            settled = {o.delivery_id for o in applied}
+            log.warning(
+                "scheduler.leases_expired",
+                deliveries=sorted(settled),
+                messages=sorted({str(r.message_id) for r in rows if r.id in settled}),
+            )
         return len(applied)
 
     async def fall_back_due(self) -> int:

@@ -5,6 +5,10 @@ looking now rather than at the next poll. So a lost wake-up costs latency, never
 
 A PostgreSQL ``NOTIFY`` takes a database-wide lock at commit, so :class:`Notifier` sends at
 most one per short interval however many messages were created in it.
+
+Both survive the database going away: a NOTIFY that cannot be sent is dropped (loops poll
+anyway), and :class:`Listener` reconnects with capped backoff, then pokes every loop, since
+anything announced while it was away was not heard.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Any
 import asyncpg
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
-from bulletin.db import Database
+from bulletin.backoff import Backoff
+from bulletin.db import Database, describe, is_unavailable
 
 log = structlog.get_logger("bulletin.signals")
 
@@ -84,8 +88,12 @@ class Notifier:
                 async with self._db.engine.connect() as conn:
                     await conn.execute(text(f"NOTIFY {CHANNEL}"))
                     await conn.commit()
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("signals.notify_failed", error=str(exc))
+            except Exception as exc:
+                # A lost wake-up costs latency, never a message; this task must not end.
+                if is_unavailable(exc):
+                    log.warning("signals.notify_failed", error=describe(exc))
+                else:
+                    log.exception("signals.notify_error")
             await asyncio.sleep(self._min_interval)
 
 
@@ -98,31 +106,40 @@ class Listener:
 
     def __init__(self, db: Database, hub: Hub) -> None:
         self._dsn = asyncpg_dsn(db)
+        self._connect_timeout = db.connect_timeout
         self._hub = hub
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(first=0.5, cap=10.0)
         while True:
             lost = asyncio.Event()
             conn: Any = None
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda *_args: self._hub.poke_all())
                 # Anything announced while we were not listening must not wait for a poll.
                 self._hub.poke_all()
-                backoff = 0.5
+                log.info("signals.listening", failures=backoff.succeeded())
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5):
                             await lost.wait()
                     if not lost.is_set() and conn.is_closed():
                         break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("signals.listen_failed", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                delay = backoff.failed()
+                log.warning("signals.listen_lost", retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                delay = backoff.failed()
+                if is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
+                    log.warning(
+                        "signals.listen_failed", error=describe(exc), retry_in=round(delay, 2)
+                    )
+                else:
+                    log.exception("signals.listen_error", retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
-                        await conn.close()
+                        await conn.close(timeout=self._connect_timeout)

@@ -1,0 +1,108 @@
+"""A limit on the size of request bodies, enforced before and while a body is read.
+
+A request whose ``Content-Length`` is over the limit is answered 413 without reading a byte of
+its body. A request without one (``Transfer-Encoding: chunked``) is counted as it streams in:
+the moment it grows past the limit, reading stops and the answer is a 413, whatever the route
+was about to do with the body. Either way nothing of the request is applied.
+
+This is a pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``, so that it sees
+the body as it streams instead of after it has been buffered.
+"""
+
+from __future__ import annotations
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bulletin.api.problems import problem
+
+log = structlog.get_logger("bulletin.api")
+
+
+class _TooLarge(Exception):
+    """Raised into the application when the body it is reading grows past the limit."""
+
+
+class BodySizeLimit:
+    """Answer 413 to any HTTP request whose body is longer than ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            log.warning(
+                "api.body_too_large", path=scope["path"], declared=declared, limit=self.max_bytes
+            )
+            await self._reject(scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                raise _TooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    log.warning(
+                        "api.body_too_large",
+                        path=scope["path"],
+                        received=received,
+                        limit=self.max_bytes,
+                    )
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            # Whatever the route makes of a body cut short (FastAPI calls it a 400) is not
+            # sent: the 413 below is the answer. A route that had already begun to answer
+            # keeps its answer.
+            if exceeded and not started:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            # Once the body is cut short, whatever the route raised (this module's _TooLarge,
+            # or what a parser made of it) is answered by the 413 below.
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"The request body is larger than the limit of {self.max_bytes} bytes.",
+            instance=scope["path"],
+            # The rest of the body is not read: the connection cannot be reused for another
+            # request.
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            # The server has already refused a Content-Length that is not a number.
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isascii() and text.isdigit() else None
+    return None
