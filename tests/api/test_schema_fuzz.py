@@ -35,8 +35,10 @@ import uvicorn
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import utils as conjecture
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from sqlalchemy import select
+from urllib3.util.retry import Retry
 
 from bulletin.app import create_app
 from bulletin.crypto import generate_key
@@ -219,6 +221,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as patch, requests.Session() as session:
+        # A request the app answers before reading its body (a POST without a key) may have
+        # its connection reset by the server's side as it closes with the body unread; the
+        # answer is then not seen at all. Such a call is sent again on a fresh connection:
+        # a real failure of the app (a 5xx, a wrong answer) is not retried.
+        retry = Retry(total=3, connect=3, read=3, other=3, status=0, allowed_methods=None)
+        session.mount("http://", HTTPAdapter(max_retries=retry))
         patch.setattr(hypothesis_jsonschema._from_schema, "cu", _ConjectureUtils())
         # FastAPI writes OpenAPI 3.1, whose response validation is still marked experimental.
         schemathesis.experimental.OPEN_API_3_1.enable()

@@ -121,8 +121,13 @@ class _Namespace(dict[str, Any]):
 Renderer = Callable[[Mapping[str, Any]], str]
 
 
+@functools.lru_cache(maxsize=1024)
 def compile_text(source: str, *, html: bool = False) -> Renderer:
-    """A function that renders ``source`` with a context; raises :class:`TemplateFailed`."""
+    """A function that renders ``source`` with a context; raises :class:`TemplateFailed`.
+
+    Compiled templates are kept (they are immutable and safe to share): compiling costs far
+    more than rendering, and the same texts are rendered for every person of a message.
+    """
     if not any(marker in source for marker in _MARKERS):
         return lambda _context: source
     try:
