@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from bulletin import __version__
@@ -18,10 +19,13 @@ from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.deliveries import endpoints as deliveries
 from bulletin.messages import endpoints as messages
+from bulletin.orgs import endpoints as organization
+from bulletin.orgs.service import KeyCache
 from bulletin.providers import endpoints as channels
 from bulletin.recipients import endpoints as recipients
 from bulletin.sandbox import endpoints as sandbox
-from bulletin.web import unsubscribe
+from bulletin.web import portal, preferences, unsubscribe
+from bulletin.web.rendering import STATIC_PATH
 from bulletin.webhooks import endpoints as webhooks
 
 DESCRIPTION = """
@@ -79,6 +83,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    #: Keys this process has found valid lately (see :class:`~bulletin.orgs.service.KeyCache`).
+    app.state.keys = KeyCache(settings.api_key_cache_seconds)
     problems.install(app)
     app.add_middleware(health.StartupGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -91,4 +97,9 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(sandbox.router)
     app.include_router(unsubscribe.router)
+    app.include_router(organization.router)
+    # Before the preference routes, so that /p/static/... is never read as a link.
+    app.mount(STATIC_PATH, StaticFiles(packages=[("bulletin.web", "static")]), name="static")
+    app.include_router(preferences.router)
+    portal.install(app)
     return app

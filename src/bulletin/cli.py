@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -17,17 +20,19 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin import logs, metrics, migrate
+from bulletin import logs, metrics, migrate, supervisor
 from bulletin.app import create_app
 from bulletin.bootstrap import open_database, running, wait_for_database
-from bulletin.config import Settings
+from bulletin.config import Settings, normalize_database_url
 from bulletin.crypto import generate_key
 from bulletin.db import Database
-from bulletin.errors import NotFound
+from bulletin.errors import Conflict, InvalidRequest, NotFound
 from bulletin.orgs import service as orgs
 from bulletin.orgs.keys import Scope
 from bulletin.orgs.service import IssuedKey
 from bulletin.sandbox import repository as sandbox
+from bulletin.web.portal import accounts
+from bulletin.web.portal.passwords import new_password
 
 app = typer.Typer(
     help="Bulletin: announcements and notifications, delivered once.",
@@ -37,6 +42,8 @@ app = typer.Typer(
 orgs_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="What the sandbox provider recorded.", no_args_is_help=True)
+users_app = typer.Typer(help="People who sign in to the portal.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(sandbox_app, name="sandbox")
@@ -54,24 +61,38 @@ def _settings() -> Settings:
     return settings
 
 
-def _show_key(key: IssuedKey, title: str) -> None:
+def _show_key(key: IssuedKey, title: str, portal: str = "") -> None:
     out.print(
         Panel.fit(
             f"organization  {key.org_id}\n"
             f"scope         {key.scope.value}\n"
-            f"API key       [bold]{key.secret}[/bold]\n\n"
-            "This key is shown once. Keep it somewhere safe.",
+            f"API key       [bold]{key.secret}[/bold]\n"
+            f"{portal}\n"
+            "This is shown once. Keep it somewhere safe.",
             title=title,
         )
     )
 
 
+FIRST_PORTAL_EMAIL = "admin@bulletin.local"
+
+
 async def _first_start(db: Database) -> None:
-    """On an empty database, create the default organization and print its admin key."""
+    """On an empty database, create the default organization, its admin key and a portal
+    user, and print the key and the user's password (each shown once)."""
+    password = new_password()
     async with db.transaction() as session:
         key = await orgs.create_default_if_empty(session)
+        if key is not None:
+            await accounts.create_user(session, key.org_id, FIRST_PORTAL_EMAIL, "Admin", password)
     if key is not None:
-        _show_key(key, "Bulletin is set up")
+        _show_key(
+            key,
+            "Bulletin is set up",
+            # One item a line: a narrow terminal would wrap a long line inside the password.
+            portal=f"portal        /portal\nemail         [bold]{FIRST_PORTAL_EMAIL}[/bold]\n"
+            f"password      [bold]{password}[/bold]\n",
+        )
 
 
 @app.command()
@@ -84,17 +105,39 @@ def serve(
     migrate_: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
     ] = True,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes serving the API on the one port, each with its own engine unless "
+            "--no-worker; more than one needs PostgreSQL (BULLETIN_API_PROCESSES).",
+        ),
+    ] = None,
+    shared_port: Annotated[
+        bool, typer.Option("--shared-port", hidden=True, help="One of --processes N.")
+    ] = False,
 ) -> None:
     """Run the API (and, by default, the delivery engine) in this process.
 
     It listens at once; until the database answers and is migrated, ``/ready`` and every
-    endpoint but ``/health`` answer 503, and the engine waits.
+    endpoint but ``/health`` answer 503, and the engine waits. With ``--processes N`` this
+    process supervises N such processes sharing the port (see :mod:`bulletin.supervisor`).
     """
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
-    out.print(f"Bulletin on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(
+    processes = processes or settings.api_processes
+    if processes > 1:
+        if normalize_database_url(settings.database_url).startswith("sqlite"):
+            err.print("[red]Several API processes need PostgreSQL: SQLite is served by one.[/]")
+            raise typer.Exit(2)
+        out.print(f"Bulletin on http://{host}:{port} in {processes} processes")
+        command = supervisor.serve_command(host, port, worker=worker, migrate=migrate_)
+        grace = settings.shutdown_grace_seconds + 10
+        raise typer.Exit(supervisor.Supervisor(command, processes, grace).run())
+    if not shared_port:
+        out.print(f"Bulletin on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    config = uvicorn.Config(
         create_app(settings, run_worker=worker, migrate_it=migrate_, prepare=_first_start),
         host=host,
         port=port,
@@ -105,6 +148,31 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    sockets = None
+    if shared_port:
+        try:
+            sockets = [supervisor.shared_port_socket(host, port)]
+        except OSError as exc:
+            err.print(f"[red]Cannot listen on {host}:{port}: {exc}[/red]")
+            raise typer.Exit(supervisor.CANNOT_START) from None
+    server = uvicorn.Server(config)
+    _freeze_heap()
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C has already stopped the server
+        server.run(sockets=sockets)
+    if not server.started:
+        raise typer.Exit(supervisor.CANNOT_START)  # as uvicorn.run does
+
+
+def _freeze_heap() -> None:
+    """Leave what exists now out of every later garbage collection.
+
+    What start-up made (modules, the app and its routes, settings, compiled statements) lives
+    as long as the process. Left in the heap, each full collection walks all of it, and
+    stops every request and send of the process for a tenth of a second or more (the API's
+    p99 latency was five times its median for this alone).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _run_worker(settings: Settings, dispatch: bool, schedule: bool) -> None:
@@ -120,6 +188,8 @@ async def _run_worker(settings: Settings, dispatch: bool, schedule: bool) -> Non
         if started.done() and started.exception() is not None:
             stopped.cancel()
             raise typer.Exit(1)
+        if started.done():
+            _freeze_heap()
         await stopped
         started.cancel()
         log.info("worker.stopping", grace_seconds=settings.shutdown_grace_seconds)
@@ -220,6 +290,14 @@ def orgs_create(
     _emit(asyncio.run(_in_transaction_key(settings, make)), as_json, f"Organization {name!r}")
 
 
+def _org_id(org: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(org)
+    except ValueError:
+        err.print(f"[red]{org!r} is not an organization id.[/red]")
+        raise typer.Exit(2) from None
+
+
 @keys_app.command("create")
 def keys_create(
     org: Annotated[str, typer.Option("--org", help="Organization id.")],
@@ -229,11 +307,7 @@ def keys_create(
 ) -> None:
     """Create an API key for an organization and print it (once)."""
     settings = _settings()
-    try:
-        org_id = uuid.UUID(org)
-    except ValueError:
-        err.print(f"[red]{org!r} is not an organization id.[/red]")
-        raise typer.Exit(2) from None
+    org_id = _org_id(org)
 
     async def make(session: AsyncSession) -> IssuedKey:
         return await orgs.create_key(session, org_id, scope, name=name)
@@ -244,6 +318,44 @@ def keys_create(
         err.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(1) from None
     _emit(key, as_json, f"New {scope.value} key")
+
+
+@users_app.command("add")
+def users_add(
+    org: Annotated[str, typer.Option("--org", help="Organization id.")],
+    email: Annotated[str, typer.Option("--email", help="What the person signs in with.")],
+    name: Annotated[str, typer.Option("--name", help="The person's name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create a portal user of an organization (the password is prompted for)."""
+    settings = _settings()
+    org_id = _org_id(org)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    async def run() -> None:
+        db = open_database(settings)
+        try:
+            await wait_for_database(db, migrate_it=True)
+            async with db.transaction() as session:
+                await accounts.create_user(session, org_id, email, name, password)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except InvalidRequest as exc:
+        reasons = "; ".join(f"{e.loc[-1]}: {e.message}" for e in exc.errors)
+        err.print(f"[red]{exc.detail} {reasons}[/red]")
+        raise typer.Exit(2) from None
+    except (NotFound, Conflict) as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    out.print(f"Portal user {email} created; sign in at /portal.")
 
 
 @orgs_app.command("list")

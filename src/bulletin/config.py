@@ -62,8 +62,28 @@ class Settings(BaseSettings):
         "none serves none (the API serves them at /metrics).",
     )
 
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes `bulletin serve` runs on its port; more than one needs PostgreSQL.",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an API process trusts a key it has found valid before reading it "
+        "again; a key revoked in the database may work for this long. 0 reads it every time.",
+    )
+
     # Database tuning.
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Connections each process keeps open (as many again may be opened for "
+        "a burst, and are closed after it). Set it to the requests a process has in flight: "
+        "a connection opened and closed per request costs more than the request.",
+    )
     db_connect_timeout_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -3,8 +3,8 @@
 * :class:`SecretBox` encrypts provider secrets (tokens, passwords) with the key(s) in
   ``BULLETIN_SECRET_KEY``: Fernet (AES-128-CBC with HMAC-SHA256). Several comma-separated keys
   may be given to rotate: the first encrypts, any of them decrypts.
-* :func:`signing_key` is this installation's key for signing links sent to people (unsubscribe),
-  made on first use and kept in the database, so links outlive restarts.
+* :func:`signing_key` is this installation's key for signing links sent to people (unsubscribe,
+  preference centre), made on first use and kept in the database, so links outlive restarts.
 """
 
 from __future__ import annotations
@@ -78,10 +78,19 @@ async def signing_key(db: Database) -> bytes:
     return value.encode()
 
 
+def mac(key: bytes, message: str, size: int = 16) -> str:
+    """The first ``size`` bytes of HMAC-SHA256 of ``message``, URL-safe base64 without padding.
+
+    Callers put a purpose in ``message`` (``"preferences:..."``) so that a MAC made for one
+    use is never accepted for another.
+    """
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()[:size]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def sign(key: bytes, payload: str) -> str:
     """``payload`` with a MAC appended, safe in a URL path."""
-    mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()[:16]
-    return f"{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    return f"{payload}.{mac(key, payload)}"
 
 
 def unsign(key: bytes, token: str) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -113,6 +114,37 @@ def _install_sqlite_behaviour(engine: AsyncEngine, synchronous: str) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+#: A pooled PostgreSQL connection unused for longer than this is pinged before it is lent.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _install_liveness_check(engine: AsyncEngine) -> None:
+    """Replace pooled connections that died while the server was away, so that requests
+    succeed again as soon as it is back.
+
+    A connection the server closed is known without a round trip (the driver saw the socket
+    close). One that sat unused for :data:`PING_AFTER_IDLE_SECONDS` is also pinged, for a
+    server gone without closing anything. A connection in steady use is lent as it is: a
+    ping before every transaction (``pool_pre_ping``) cost a round trip and about 6 % of an
+    API process's CPU.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise sa_exc.DisconnectionError("the server closed this connection")
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:  # the pool then opens a new connection in its place
+                raise sa_exc.DisconnectionError("the connection failed a ping") from exc
+
+
 class Database:
     """Engines and session factories for one database URL."""
 
@@ -138,16 +170,12 @@ class Database:
             "pool_timeout": pool_timeout,
         }
         if self.is_postgres:
-            # Pre-ping replaces pooled connections that died while the server was away, so
-            # requests succeed again as soon as it is back.
-            kwargs.update(
-                max_overflow=pool_size,
-                pool_pre_ping=True,
-                connect_args={"timeout": connect_timeout},
-            )
+            kwargs.update(max_overflow=pool_size, connect_args={"timeout": connect_timeout})
         self.engine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_behaviour(self.engine, sqlite_synchronous)
+        else:
+            _install_liveness_check(self.engine)
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
         self._reads = async_sessionmaker(
             self.engine.execution_options(bulletin_readonly=True), expire_on_commit=False

@@ -8,6 +8,7 @@ from bulletin.orgs.models import ApiKey, InstanceSecret, Organization
 from bulletin.providers.models import ChannelConfig
 from bulletin.recipients.models import Recipient, RecipientGroup
 from bulletin.sandbox.models import SandboxMessage
+from bulletin.web.portal.models import PortalSession, PortalUser
 from bulletin.worker.models import PacingSlot, PairSlot
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "Organization",
     "PacingSlot",
     "PairSlot",
+    "PortalSession",
+    "PortalUser",
     "Recipient",
     "RecipientGroup",
     "SandboxMessage",

@@ -420,6 +420,24 @@ async def put_channel(t: Tenants) -> None:
     assert await t.my_rows() == before
 
 
+async def get_organization(t: Tenants) -> None:
+    mine = body_of(await t.mine.get("/v1/organization", Scope.ADMIN), 200)
+    theirs = body_of(await t.as_theirs("GET", "/v1/organization"), 200)
+    assert mine["id"] == str(t.mine.org_id)
+    assert theirs["id"] == str(t.theirs.org_id)
+    assert theirs["name"] != mine["name"]
+
+
+async def patch_organization(t: Tenants) -> None:
+    before = await t.my_rows()
+    mine = body_of(await t.mine.get("/v1/organization", Scope.ADMIN), 200)
+    change = {"name": "Renamed by them", "preference_links_in_texts": True}
+    changed = body_of(await t.as_theirs("PATCH", "/v1/organization", change), 200)
+    assert changed["id"] == str(t.theirs.org_id)
+    assert body_of(await t.mine.get("/v1/organization", Scope.ADMIN), 200) == mine
+    assert await t.my_rows() == before
+
+
 async def signed_by_another_account(t: Tenants) -> None:
     # A third organization's own provider accounts sign receipts about my delivery. They are
     # verified, so they are applied, but only to that organization's deliveries: none.
@@ -513,6 +531,8 @@ G7: dict[tuple[str, str], Probe | str] = {
     ("GET", "/v1/channels/{channel}"): get_channel,
     ("PUT", "/v1/channels/{channel}"): put_channel,
     ("DELETE", "/v1/channels/{channel}"): not_found("DELETE", lambda t: "/v1/channels/sms"),
+    ("GET", "/v1/organization"): get_organization,
+    ("PATCH", "/v1/organization"): patch_organization,
 }
 
 

@@ -19,7 +19,6 @@ import asyncio
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 import warnings
@@ -31,7 +30,6 @@ from typing import Any
 import hypothesis_jsonschema._from_schema
 import pytest
 import requests
-import uvicorn
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import utils as conjecture
@@ -40,7 +38,6 @@ from requests.structures import CaseInsensitiveDict
 from sqlalchemy import select
 from urllib3.util.retry import Retry
 
-from bulletin.app import create_app
 from bulletin.crypto import generate_key
 from bulletin.db import Database
 from bulletin.deliveries.models import Delivery
@@ -49,8 +46,7 @@ from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.orgs import service as orgs
 from bulletin.orgs.keys import Scope
-from conftest import make_settings
-from e2e.stack import free_port
+from cli.test_cli import Process, environment, free_port
 from factories import add_people, announce, person
 
 with warnings.catch_warnings():
@@ -192,59 +188,66 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Served]:
-    """The app served over HTTP, its lifespan running, on a seeded copy of the migrated DB."""
-    path = tmp_path_factory.mktemp("fuzz") / "bulletin.db"
+    """``bulletin serve`` in a process of its own, on a seeded copy of the migrated database.
+
+    The app runs as it runs in production, with its delivery engine, rather than in a thread
+    of the test process: there, the test thread's garbage collector collected objects of the
+    server thread (event-loop objects, then SQLAlchemy's greenlet frames held by a traceback)
+    and crashed the interpreter now and then, which no deployment does.
+    """
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / "bulletin.db"
     shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    seeded = asyncio.run(_seed(url))
+    seeded = asyncio.run(_seed(f"sqlite+aiosqlite:///{path}"))
     port = free_port()
-    # A secret key, so that channel configurations with secrets can be stored.
-    app = create_app(make_settings(url, secret_key=generate_key()))
-    # The plain asyncio loop: with uvloop in the server thread, the test thread's garbage
-    # collector crashed the interpreter (a segmentation fault) when it collected loop objects.
-    # Idle connections are kept for the whole module. With uvicorn's default of 5 s, a pause
-    # between two operations (hypothesis generating the next one's cases) let the server close
-    # the session's connection just as the next request was written on it: a connection
-    # error that the next try did not repeat.
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            loop="asyncio",
-            timeout_keep_alive=3600,
-        )
+    env = environment(
+        f"sqlite:///{path}",
+        # A secret key, so that channel configurations with secrets can be stored.
+        BULLETIN_SECRET_KEY=generate_key(),
     )
-    thread = threading.Thread(target=server.run, name="fuzzed-app", daemon=True)
-    thread.start()
+    server = Process(["serve", "--host", "127.0.0.1", "--port", str(port)], env, folder)
     base_url = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as patch, requests.Session() as session:
-        # A request the app answers before reading its body (a POST without a key) may have
-        # its connection reset by the server's side as it closes with the body unread; the
-        # answer is then not seen at all. Such a call is sent again on a fresh connection:
-        # a real failure of the app (a 5xx, a wrong answer) is not retried.
-        retry = Retry(total=3, connect=3, read=3, other=3, status=0, allowed_methods=None)
-        session.mount("http://", HTTPAdapter(max_retries=retry))
-        patch.setattr(hypothesis_jsonschema._from_schema, "cu", _ConjectureUtils())
-        # FastAPI writes OpenAPI 3.1, whose response validation is still marked experimental.
-        schemathesis.experimental.OPEN_API_3_1.enable()
-        # Random UUIDs, so that ids reach the lookup instead of failing validation.
-        register_string_format("uuid", st.uuids().map(str))
-        try:
-            _wait_until_ready(session, base_url)
-            yield Served(base_url, session, seeded)
-        finally:
-            unregister_string_format("uuid")
-            schemathesis.experimental.OPEN_API_3_1.disable()
-            server.should_exit = True
-            thread.join(timeout=30)
+    try:
+        with pytest.MonkeyPatch.context() as patch, requests.Session() as session:
+            # A request the app answers before reading its body (a POST without a key) may
+            # have its connection reset by the server's side as it closes with the body
+            # unread, and an idle connection may be closed by the server just as the next
+            # request is written on it; the answer is then not seen at all. Such a call is
+            # sent again on a fresh connection: a real failure of the app (a 5xx, a wrong
+            # answer) is not retried, and an answer with Retry-After (a 503 while the app
+            # starts) is returned as it is.
+            retry = Retry(
+                total=3,
+                connect=3,
+                read=3,
+                other=3,
+                status=0,
+                allowed_methods=None,
+                respect_retry_after_header=False,
+            )
+            session.mount("http://", HTTPAdapter(max_retries=retry))
+            patch.setattr(hypothesis_jsonschema._from_schema, "cu", _ConjectureUtils())
+            # FastAPI writes OpenAPI 3.1, whose response validation is still experimental.
+            schemathesis.experimental.OPEN_API_3_1.enable()
+            # Random UUIDs, so that ids reach the lookup instead of failing validation.
+            register_string_format("uuid", st.uuids().map(str))
+            try:
+                _wait_until_ready(session, base_url, server)
+                yield Served(base_url, session, seeded)
+            finally:
+                unregister_string_format("uuid")
+                schemathesis.experimental.OPEN_API_3_1.disable()
+    finally:
+        # It must stop cleanly, and have logged no traceback: an exception that escaped the
+        # app (Starlette answers 500 and hands it on to the server, which logs it) fails the
+        # module even where no check saw its answer.
+        server.terminate()
 
 
-def _wait_until_ready(session: requests.Session, base_url: str) -> None:
+def _wait_until_ready(session: requests.Session, base_url: str, server: Process) -> None:
     deadline = time.monotonic() + 30
     while True:
+        assert server.proc.poll() is None, server.output()[-5000:]
         try:
             if session.get(f"{base_url}/ready", timeout=5).status_code == 200:
                 return

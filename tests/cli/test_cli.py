@@ -189,6 +189,19 @@ def test_serve_runs_the_whole_service_on_a_sqlite_file(
 
     wait_until(sandbox_has_it)
     org_id = server.wait_for(r"organization\s+([0-9a-f-]{36})").group(1)
+    # The portal user printed on first start signs in.
+    email = server.wait_for(r"email\s+(\S+@\S+)")[1]
+    password = server.wait_for(r"password\s+(\S+)")[1]
+    with httpx.Client(base_url=base) as browser:
+        form = browser.get("/portal/sign-in")
+        nonce = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert nonce is not None
+        signed_in = browser.post(
+            "/portal/sign-in",
+            data={"email": email, "password": password, "csrf_token": nonce[1]},
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        assert "Hello" in browser.get("/portal/announcements").text
     listed = run(["sandbox", "list", "--org", org_id, "--json"], env, tmp_path)
     assert listed.returncode == 0, listed.stderr
     [record] = json.loads(listed.stdout)

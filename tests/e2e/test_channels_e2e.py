@@ -385,10 +385,13 @@ async def test_email_arrives_with_unsubscribe_headers_and_the_link_works(stack: 
     assert email["Message-ID"] == f"<bulletin.{sent['id']}@acme.example>"
     assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     link = str(email["List-Unsubscribe"]).strip().strip("<>")
-    assert link.startswith(f"{stack.base_url}/v1/unsubscribe/")
+    assert link.startswith(f"{stack.base_url}/p/")
+    assert link.endswith("/unsubscribe?category=payroll")
+    preferences = link.split("/unsubscribe")[0]
     html = email.get_body(("html",))
     assert html is not None
     assert "<p>Hello Zanele</p>" in html.get_content()
+    assert f'<a href="{preferences}">Manage your preferences</a>' in html.get_content()
 
     async with stack.http.get(link) as page:  # opening the link alone changes nothing
         assert page.status == 200
@@ -400,7 +403,11 @@ async def test_email_arrives_with_unsubscribe_headers_and_the_link_works(stack: 
         assert done.status == 200
     person = body_of(await stack.api.get("/v1/recipients/zanele/preferences"), 200)
     assert person["categories"]["payroll"] is False
-    tampered = link[:-3] + ("aaa" if not link.endswith("aaa") else "bbb")
+    tampered = (
+        preferences[:-3]
+        + ("aaa" if not preferences.endswith("aaa") else "bbb")
+        + "/unsubscribe?category=payroll"
+    )
     async with stack.http.post(tampered) as refused:
         assert refused.status == 404
 

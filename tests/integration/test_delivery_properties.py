@@ -1104,9 +1104,9 @@ def check_deliveries(now: Snapshot, before: Snapshot | None) -> None:
             assert row.state in REACHABLE[was], f"delivery {row.id} went back: {was} -> {row}"
 
 
-#: Runs on SQLite; PostgreSQL gets half. On two idle cores that takes about 20 s and 13 s.
+#: Runs on SQLite; PostgreSQL gets half. On two idle cores that takes about 15 s and 10 s.
 #: Set BULLETIN_PROPERTY_EXAMPLES higher to search longer.
-EXAMPLES = int(os.environ.get("BULLETIN_PROPERTY_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("BULLETIN_PROPERTY_EXAMPLES", "30"))
 SETTINGS = hypothesis.settings(
     max_examples=EXAMPLES,
     stateful_step_count=50,

@@ -24,6 +24,7 @@ from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendE
 from bulletin.messages import service as messages
 from bulletin.messages.models import Message
 from bulletin.sandbox.models import SandboxMessage
+from bulletin.worker import dispatcher
 from conftest import make_settings
 from factories import add_people, announce, count_states, deliveries_of, new_org, person
 
@@ -337,6 +338,36 @@ async def test_send_cut_off_by_the_grace_period_is_in_doubt(
     assert "interrupted by shutdown" in (delivery.reason or "")
 
 
+async def test_a_cancel_stops_deliveries_claimed_ahead_of_their_time(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """G5: a delivery claimed before it is due has not started; a cancel that commits while
+    it waits for its time stops it."""
+    monkeypatch.setattr(dispatcher, "CLAIM_AHEAD", dt.timedelta(seconds=5))
+    org = await new_org(db)
+    await add_people(db, org, [person(i) for i in range(3)])
+    due = utcnow() + dt.timedelta(seconds=2)
+    message = await announce(db, org, send_at=due.isoformat())
+    provider = RecordingProvider(name="p")
+    async with running(
+        settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
+    ):
+
+        async def all_claimed() -> bool:
+            return (await count_states(db, message.id)).get("sending", 0) == 3
+
+        await eventually(all_claimed)
+        async with db.transaction() as session:
+            await messages.cancel(session, org, message.id, "announcement")
+        await asyncio.sleep(max(0.0, (due - utcnow()).total_seconds()) + 0.5)
+
+        async def all_cancelled() -> bool:
+            return await count_states(db, message.id) == {"cancelled": 3}
+
+        await eventually(all_cancelled)
+    assert provider.accepted == []
+
+
 async def test_idle_worker_sends_a_scheduled_message_on_time(
     settings: Settings, db: Database, backend: str
 ) -> None:
@@ -347,14 +378,7 @@ async def test_idle_worker_sends_a_scheduled_message_on_time(
     """
     org = await new_org(db)
     await add_people(db, org, [person(1)])
-    sent_at: list[dt.datetime] = []
-
-    class Clocked(RecordingProvider):
-        async def send(self, message: OutboundMessage) -> Accepted:
-            sent_at.append(utcnow())
-            return await super().send(message)
-
-    provider = Clocked(name="p")
+    provider = RecordingProvider(name="p")
     tuned = make_settings(settings.database_url, idle_poll_seconds=30)
     api_db = Database(settings.database_url) if backend == "postgresql" else db
     async with (
@@ -372,11 +396,11 @@ async def test_idle_worker_sends_a_scheduled_message_on_time(
         due = utcnow() + dt.timedelta(seconds=1.5)
         await announce(api_db, org, send_at=due.isoformat())
         api.notifier.work_available()  # what the API does after each commit
-        await eventually(lambda: _calls_at_least([0.0] * len(sent_at), 1), timeout=40)
+        await eventually(lambda: _calls_at_least([0.0] * len(provider.sent_at), 1), timeout=40)
     if api_db is not db:
         await api_db.dispose()
-    assert sent_at[0] >= due
-    assert (sent_at[0] - due).total_seconds() < 1.0
+    assert provider.sent_at[0] >= due
+    assert (provider.sent_at[0] - due).total_seconds() < 1.0
 
 
 async def test_quiet_hours_defer_and_urgent_does_not(settings: Settings, db: Database) -> None:

@@ -570,7 +570,9 @@ async def test_only_an_outage_counts_as_unavailable(db: Database, tmp_path: Path
     """What answers 503 and is waited out, and what stays an error (500, or a crash to fix)."""
     await new_org(db)
     duplicate = await _error_of(
-        db, "INSERT INTO organizations (id, name, created_at) SELECT * FROM organizations"
+        db,
+        "INSERT INTO organizations (id, name, created_at) "
+        "SELECT id, name, created_at FROM organizations",
     )
     broken = await _error_of(db, "SELECT * FROM no_such_table")
     assert type(duplicate).__name__ == "IntegrityError"

@@ -11,8 +11,12 @@ import contextlib
 import datetime as dt
 import itertools
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
+import structlog
+from sqlalchemy import select
 
 from bulletin.bootstrap import running
 from bulletin.channels.base import OutboundMessage
@@ -24,6 +28,8 @@ from bulletin.errors import TransientSendError
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.worker import pacing
+from bulletin.worker.models import PacingSlot
+from bulletin.worker.pacing import Later
 from conftest import make_settings
 from factories import add_people, announce, count_states, new_org, person
 from integration.test_engine import eventually, message_state
@@ -221,3 +227,109 @@ async def test_sends_waiting_for_a_slot_at_shutdown_go_back_to_the_queue(
 
 async def _called(provider: TimedProvider) -> bool:
     return bool(provider.times)
+
+
+async def test_sends_given_back_for_lack_of_a_slot_come_due_one_after_the_other(
+    db: Database,
+) -> None:
+    now = utcnow()
+    gap = dt.timedelta(seconds=0.1)
+    async with db.transaction() as session:
+        first = await pacing.queue_later(session, "a", 3, now, gap)
+    assert first == [now, now + gap, now + 2 * gap]
+    async with db.transaction() as session:  # another worker gives back two at the same moment
+        second = await pacing.queue_later(session, "a", 2, now, gap)
+    assert second == [now + 3 * gap, now + 4 * gap]
+    later = now + dt.timedelta(seconds=60)
+    async with db.transaction() as session:
+        assert await pacing.queue_later(session, "a", 1, later, gap) == [later]
+        assert await pacing.queue_later(session, "b", 1, now, gap) == [now]
+        # The account's own send slots are a schedule apart.
+        slots, _ = await pacing.reserve(session, "a", 10.0, 1, now, dt.timedelta(seconds=1))
+    assert slots == [now]
+
+
+async def test_sends_beyond_the_horizon_go_back_to_the_queue_at_different_times(
+    db: Database,
+) -> None:
+    provider = TimedProvider(rate=10.0)
+    pacer = pacing.Pacer(db, horizon_seconds=0.5)
+    answers = await asyncio.gather(*(pacer.wait_turn(provider) for _ in range(12)))
+    later = [a.at for a in answers if a is not None]
+    # About half a second's worth of slots at 10/s was taken; the rest come due one by one.
+    assert 5 <= len(later) <= 12
+    assert len(set(later)) == len(later)
+
+
+async def test_slots_are_spaced_a_little_wider_than_the_rate(db: Database) -> None:
+    provider = TimedProvider(rate=100.0)
+    now = utcnow()
+    async with db.transaction() as session:
+        _, start = await pacing.reserve(
+            session, provider.account, 100.0, 1, now, dt.timedelta(seconds=1)
+        )
+    pacer = pacing.Pacer(db)
+    await asyncio.gather(*(pacer.wait_turn(provider) for _ in range(5)))
+    async with db.read() as session:
+        end = await session.scalar(
+            select(PacingSlot.next_slot_at).where(PacingSlot.account == provider.account)
+        )
+    assert end is not None
+    # Five slots, each (1 + SLACK) / rate; more only if a send missed its slot.
+    assert (end - start).total_seconds() >= 5 * (1 + pacing.SLACK) / 100.0 - 1e-5
+
+
+async def _late_for_a_slot_after(
+    db: Database, provider: TimedProvider, slot: dt.datetime, pacer: pacing.Pacer
+) -> tuple[Later | None, list[MutableMapping[str, Any]]]:
+    """Wait for a turn whose slot comes after ``slot`` (the account's next free one), with
+    the process busy (nothing else runs) from before that slot until 0.2 s after it; returns
+    the answer and what was logged."""
+    with structlog.testing.capture_logs() as logged:
+        waiting = asyncio.create_task(pacer.wait_turn(provider))
+
+        async def reserved() -> bool:
+            return await _next_slot(db, provider.account) != slot
+
+        await eventually(reserved)
+        time.sleep(max(0.0, (slot - utcnow()).total_seconds()) + 0.2)  # noqa: ASYNC251
+        answer = await waiting
+    return answer, logged
+
+
+async def test_a_send_that_cannot_start_on_time_does_not_use_its_slot(db: Database) -> None:
+    """A process too busy to start a send at its slot takes a new one (or gives the send
+    back): sent late, it would crowd into one second with the sends after it."""
+    provider = TimedProvider(rate=10.0)
+    async with db.transaction() as session:
+        # The account is busy for the next second: the send's slot will be a second away.
+        _, slot = await pacing.reserve(
+            session, provider.account, 1.0, 1, utcnow(), dt.timedelta(seconds=2)
+        )
+    _, logged = await _late_for_a_slot_after(
+        db, provider, slot, pacing.Pacer(db, horizon_seconds=3.0)
+    )
+    missed = [e for e in logged if e["event"] == "pacing.slot_missed"]
+    assert missed
+    assert missed[0]["late_ms"] >= 150
+
+
+async def test_a_late_send_goes_out_when_the_account_has_room(db: Database) -> None:
+    """At a rate the workers do not fill, a send a busy process starts late cannot crowd a
+    second: it is sent, not given back."""
+    provider = TimedProvider(rate=1000.0)
+    async with db.transaction() as session:
+        # The send's slot will be 0.3 s away, with nothing reserved after it.
+        _, slot = await pacing.reserve(
+            session, provider.account, 1 / 0.3, 1, utcnow(), dt.timedelta(seconds=1)
+        )
+    answer, logged = await _late_for_a_slot_after(db, provider, slot, pacing.Pacer(db))
+    assert answer is None
+    assert not [e for e in logged if e["event"] == "pacing.slot_missed"]
+
+
+async def _next_slot(db: Database, account: str) -> dt.datetime | None:
+    async with db.read() as session:
+        return await session.scalar(
+            select(PacingSlot.next_slot_at).where(PacingSlot.account == account)
+        )

@@ -44,18 +44,14 @@ async def create_idempotently(
     """
     replayed = False
     async with svc.db.transaction() as session:
-        stored = None
-        print_ = ""
-        if key is not None:
+        if key is None:
+            answer = await create(session)
+        else:
             idempotency.check_key(key)
             print_ = idempotency.fingerprint(request.method, request.url.path, await request.body())
-            stored = await idempotency.begin(session, principal.org_id, key, print_)
-        if stored is not None:
-            answer, replayed = stored, True
-        else:
-            answer = await create(session)
-            if key is not None:
-                await idempotency.remember(session, principal.org_id, key, print_, answer)
+            answer, replayed = await idempotency.once(
+                session, principal.org_id, key, print_, lambda: create(session)
+            )
     if wakes_worker and not replayed:
         svc.notifier.work_available()
     headers: dict[str, Any] = {}

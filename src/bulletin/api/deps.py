@@ -18,7 +18,8 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # A coroutine, so that FastAPI calls it in the event loop rather than in a worker thread.
     svc: Services = request.app.state.services
     return svc
 
@@ -30,6 +31,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the request and checks the key's scope."""
 
     async def authenticated(
+        request: Request,
         svc: ServicesDep,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header: Annotated[str | None, Depends(_header)],
@@ -39,8 +41,12 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
             raise AuthenticationFailed(
                 "Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
             )
-        async with svc.db.read() as session:
-            principal = await orgs.authenticate(session, secret)
+        keys: orgs.KeyCache = request.app.state.keys
+        principal = keys.get(secret)
+        if principal is None:
+            async with svc.db.read() as session:
+                principal = await orgs.authenticate(session, secret)
+            keys.put(secret, principal)
         if not principal.scope.allows(scope):
             raise PermissionDenied(
                 f"This needs a key with scope '{scope.value}' or higher; this key has "

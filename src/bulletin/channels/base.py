@@ -51,6 +51,8 @@ class OutboundMessage:
     whatsapp_template: WhatsAppTemplate | None = None
     #: A link that unsubscribes the person (email ``List-Unsubscribe``).
     unsubscribe_url: str | None = None
+    #: The person's preference-centre link (an email's footer; already in ``body`` for texts).
+    preferences_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

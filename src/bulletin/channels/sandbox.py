@@ -97,6 +97,7 @@ class SandboxProvider(Provider):
                 "title": m.title,
                 "body": m.body,
                 "attempts": repeats[m.delivery_id],
+                "preference_url": m.preferences_url,
                 "created_at": now,
             }
             for m in first.values()

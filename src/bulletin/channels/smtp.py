@@ -102,10 +102,13 @@ def build_email(
     # Quoted-printable keeps both parts 7-bit clean with short lines, so the message passes
     # through any server, including one without 8BITMIME.
     email_message.set_content(
-        message.body, subtype="plain", charset="utf-8", cte="quoted-printable"
+        message.body + text_footer(message),
+        subtype="plain",
+        charset="utf-8",
+        cte="quoted-printable",
     )
     email_message.add_alternative(
-        message.html if message.html is not None else html_from_text(message),
+        html_from_text(message) if message.html is None else with_html_footer(message),
         subtype="html",
         charset="utf-8",
         cte="quoted-printable",
@@ -114,8 +117,8 @@ def build_email(
 
 
 def html_from_text(message: OutboundMessage) -> str:
-    """An HTML version of a plain-text message: its title as a heading, its paragraphs, and an
-    unsubscribe link at the foot when it has one."""
+    """An HTML version of a plain-text message: its title as a heading, its paragraphs, and
+    the preference and unsubscribe links at the foot when it has them."""
     language = f' lang="{html.escape(message.locale)}"' if message.locale else ""
     title = html.escape(message.title)
     parts = [
@@ -132,11 +135,48 @@ def html_from_text(message: OutboundMessage) -> str:
         if paragraph.strip():
             lines = (html.escape(line) for line in paragraph.split("\n"))
             parts.append("<p>" + "<br>\n".join(lines) + "</p>")
-    if message.unsubscribe_url:
-        url = html.escape(message.unsubscribe_url, quote=True)
-        parts.append(f'<hr>\n<p style="font-size:small"><a href="{url}">Unsubscribe</a></p>')
+    if footer := html_footer(message):
+        parts.append(footer)
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
+
+
+def html_footer(message: OutboundMessage) -> str:
+    """The foot of an email's HTML part: its preference and unsubscribe links, if any."""
+    links = [
+        f'<a href="{html.escape(url, quote=True)}">{label}</a>'
+        for url, label in (
+            (message.preferences_url, "Manage your preferences"),
+            (message.unsubscribe_url, "Unsubscribe"),
+        )
+        if url
+    ]
+    if not links:
+        return ""
+    return '<hr>\n<p style="font-size:small">' + " &middot; ".join(links) + "</p>"
+
+
+def with_html_footer(message: OutboundMessage) -> str:
+    """The message's own HTML with the footer placed before ``</body>`` (or at its end)."""
+    assert message.html is not None
+    footer = html_footer(message)
+    if not footer:
+        return message.html
+    at = message.html.lower().rfind("</body>")
+    if at < 0:
+        return f"{message.html}\n{footer}\n"
+    return f"{message.html[:at]}{footer}\n{message.html[at:]}"
+
+
+def text_footer(message: OutboundMessage) -> str:
+    """The foot of an email's plain-text part: the preference link, if it has one.
+
+    The unsubscribe link stays in the headers and the HTML part: a text reader follows the
+    preference page, which unsubscribes too.
+    """
+    if not message.preferences_url:
+        return ""
+    return f"\n\n-- \nManage your preferences: {message.preferences_url}\n"
 
 
 def message_id(delivery_id: int, from_address: str) -> str:

@@ -46,6 +46,7 @@ from bulletin.channels.base import (
 )
 from bulletin.channels.configs import TwilioConfig
 from bulletin.channels.http import ACCOUNT_RETRY_SECONDS, exchange
+from bulletin.channels.sms import sms_text
 from bulletin.errors import (
     ChannelError,
     InDoubtSendError,
@@ -142,7 +143,7 @@ class TwilioProvider(Provider):
         fields = {
             "To": message.address,
             self._sender[0]: self._sender[1],
-            "Body": f"{message.title}\n{message.body}" if message.title else message.body,
+            "Body": sms_text(message.title, message.body),
         }
         if self._status_callback_url is not None:
             fields["StatusCallback"] = _with_delivery_id(

@@ -110,6 +110,11 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
+def text_body(title: str, body: str) -> str:
+    """The text of a free-form WhatsApp message: the title in bold, a blank line, the body."""
+    return f"*{title}*\n\n{body}" if title else body
+
+
 class WhatsAppCloudProvider(Provider):
     """Sends WhatsApp messages from one business phone number of the Cloud API.
 
@@ -162,9 +167,8 @@ class WhatsAppCloudProvider(Provider):
             body["type"] = "template"
             body["template"] = spec
         else:
-            text = f"*{message.title}*\n\n{message.body}" if message.title else message.body
             body["type"] = "text"
-            body["text"] = {"preview_url": False, "body": text}
+            body["text"] = {"preview_url": False, "body": text_body(message.title, message.body)}
         return body
 
     async def send(self, message: OutboundMessage) -> Accepted:

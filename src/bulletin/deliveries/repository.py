@@ -21,11 +21,12 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
     bindparam,
     case,
@@ -187,13 +188,15 @@ class ClaimedRow:
     message_id: uuid.UUID
     recipient_id: int
     channel: str
+    #: When it is due (``next_attempt_at``), where the query read it.
+    due: dt.datetime | None = None
 
 
 _CLAIM_PG = text(
     """
     WITH due AS MATERIALIZED (
         SELECT id FROM deliveries
-        WHERE state = 'pending' AND next_attempt_at <= :now
+        WHERE state = 'pending' AND next_attempt_at <= :due_by
           AND NOT EXISTS (
               SELECT 1 FROM messages m WHERE m.id = deliveries.message_id AND m.state = 'cancelled'
           )
@@ -205,7 +208,8 @@ _CLAIM_PG = text(
     SET state = 'sending', attempt = d.attempt + 1, send_attempts = d.send_attempts + 1,
         lease_expires_at = :lease, updated_at = :now
     FROM due WHERE d.id = due.id
-    RETURNING d.id, d.attempt, d.send_attempts, d.org_id, d.message_id, d.recipient_id, d.channel
+    RETURNING d.id, d.attempt, d.send_attempts, d.org_id, d.message_id, d.recipient_id, d.channel,
+        d.next_attempt_at
     """
 )
 _CLAIM_SQLITE = text(
@@ -215,14 +219,15 @@ _CLAIM_SQLITE = text(
         lease_expires_at = :lease, updated_at = :now
     WHERE id IN (
         SELECT id FROM deliveries
-        WHERE state = 'pending' AND next_attempt_at <= :now
+        WHERE state = 'pending' AND next_attempt_at <= :due_by
           AND NOT EXISTS (
               SELECT 1 FROM messages m WHERE m.id = deliveries.message_id AND m.state = 'cancelled'
           )
         ORDER BY next_attempt_at
         LIMIT :limit
     )
-    RETURNING id, attempt, send_attempts, org_id, message_id, recipient_id, channel
+    RETURNING id, attempt, send_attempts, org_id, message_id, recipient_id, channel,
+        next_attempt_at
     """
 )
 
@@ -237,15 +242,18 @@ async def claim(
     lease_until: dt.datetime,
     limit: int,
     claimer: str | None = None,
+    due_by: dt.datetime | None = None,
 ) -> list[ClaimedRow]:
-    """Take up to ``limit`` due pending deliveries: ``sending``, next attempt, leased.
+    """Take up to ``limit`` pending deliveries due by ``due_by`` (by ``now`` when not given):
+    ``sending``, next attempt, leased. Each row says when it is due: one taken ahead of time
+    must not be sent before.
 
     Each claim is recorded as an event, like every other change of state, naming the
     ``claimer`` (host and process), so that an attempt left in doubt can be traced to the
     process that held it.
     """
     postgres = dialect_name(session) == "postgresql"
-    statement = _timed(_CLAIM_PG if postgres else _CLAIM_SQLITE, "now", "lease")
+    statement = _timed(_CLAIM_PG if postgres else _CLAIM_SQLITE, "now", "lease", "due_by")
     statement = statement.columns(
         id=Delivery.id.type,
         attempt=Delivery.attempt.type,
@@ -254,8 +262,10 @@ async def claim(
         message_id=Delivery.message_id.type,
         recipient_id=Delivery.recipient_id.type,
         channel=Delivery.channel.type,
+        next_attempt_at=UTCDateTime(),
     )
-    result = await session.execute(statement, {"now": now, "lease": lease_until, "limit": limit})
+    values = {"now": now, "lease": lease_until, "limit": limit, "due_by": due_by or now}
+    result = await session.execute(statement, values)
     claimed = [ClaimedRow(*row) for row in result]
     await add_events(
         session,
@@ -588,9 +598,14 @@ async def add_suppression(
     await session.execute(statement.on_conflict_do_nothing())
 
 
+_EVENTS = cast(Table, DeliveryEvent.__table__)
+
+
 async def add_events(session: AsyncSession, events: list[dict[str, Any]]) -> None:
+    # Through the table, not the ORM class: the same rows without the ORM's bulk bookkeeping,
+    # which cost more than the insert itself on the hot path.
     for part in chunked(events, 2000):
-        await session.execute(insert(DeliveryEvent), part)
+        await session.execute(insert(_EVENTS), part)
 
 
 # --- Expired leases -------------------------------------------------------------------------
@@ -620,15 +635,15 @@ async def expired_leases(session: AsyncSession, now: dt.datetime, limit: int) ->
 # --- Reading and cancelling -----------------------------------------------------------------
 
 
-async def next_due(session: AsyncSession) -> dt.datetime | None:
-    """When the earliest pending delivery falls due."""
-    return (
-        await session.execute(
-            select(func.min(Delivery.next_attempt_at)).where(
-                Delivery.state == DeliveryState.PENDING.value
-            )
-        )
-    ).scalar_one_or_none()
+async def next_due(session: AsyncSession, after: dt.datetime | None = None) -> dt.datetime | None:
+    """When the earliest pending delivery falls due (of those due later than ``after``, if
+    given)."""
+    query = select(func.min(Delivery.next_attempt_at)).where(
+        Delivery.state == DeliveryState.PENDING.value
+    )
+    if after is not None:
+        query = query.where(Delivery.next_attempt_at > after)
+    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def count_by_state(session: AsyncSession, message_id: uuid.UUID) -> dict[str, int]:
@@ -640,6 +655,95 @@ async def count_by_state(session: AsyncSession, message_id: uuid.UUID) -> dict[s
     counts = {state.value: 0 for state in DeliveryState}
     counts.update({state: n for state, n in rows})
     return counts
+
+
+async def count_by_state_for(
+    session: AsyncSession, message_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """:func:`count_by_state` of several messages in one query."""
+    counts = {m: {state.value: 0 for state in DeliveryState} for m in message_ids}
+    if not counts:
+        return counts
+    rows = await session.execute(
+        select(Delivery.message_id, Delivery.state, func.count())
+        .where(Delivery.message_id.in_(list(message_ids)))
+        .group_by(Delivery.message_id, Delivery.state)
+    )
+    for message_id, state, n in rows:
+        counts[message_id][state] = n
+    return counts
+
+
+async def count_audience(session: AsyncSession, org_id: uuid.UUID, audience: dict[str, Any]) -> int:
+    """How many people an audience of everyone or of groups resolves to now, counted with the
+    same query that resolves it (a named list is counted by its caller)."""
+    probe = Message(id=uuid.UUID(int=0), org_id=org_id, audience=audience)
+    members = _members(probe, 0).order_by(None).subquery()
+    return (await session.execute(select(func.count()).select_from(members))).scalar_one()
+
+
+async def reopen_unknown(
+    session: AsyncSession, org_id: uuid.UUID, delivery_id: int, now: dt.datetime, detail: str
+) -> Delivery | None:
+    """Make an ``unknown`` delivery pending again, due now; ``None`` if it is not unknown.
+
+    Fenced on the state, so two operators resending at once make one send.
+    """
+    delivery = (
+        await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.org_id == org_id,
+                Delivery.state == DeliveryState.UNKNOWN.value,
+            )
+            .values(
+                state=DeliveryState.PENDING.value,
+                next_attempt_at=now,
+                lease_expires_at=None,
+                reason=detail,
+                updated_at=now,
+            )
+            .returning(Delivery)
+            .execution_options(synchronize_session=False)
+        )
+    ).scalar_one_or_none()
+    if delivery is None:
+        return None
+    await add_events(
+        session,
+        [
+            {
+                "delivery_id": delivery_id,
+                "at": now,
+                "state": DeliveryState.PENDING.value,
+                "attempt": None,
+                "detail": detail,
+            }
+        ],
+    )
+    # A message already marked completed has work again.
+    await session.execute(
+        update(Message)
+        .where(Message.id == delivery.message_id, Message.state == MessageState.COMPLETED.value)
+        .values(state=MessageState.SENDING.value, completed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return delivery
+
+
+async def for_recipient(
+    session: AsyncSession, recipient_id: int, limit: int
+) -> list[tuple[Delivery, str, str]]:
+    """A recipient's latest deliveries, newest first, with their message's title and kind."""
+    rows = await session.execute(
+        select(Delivery, Message.title, Message.kind)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.recipient_id == recipient_id)
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
+    return [(d, title, kind) for d, title, kind in rows]
 
 
 async def count_in_flight(session: AsyncSession, message_id: uuid.UUID) -> int:
@@ -725,7 +829,10 @@ async def page_for_message(
     state: str | None,
     after_id: int | None,
     limit: int,
+    states: Sequence[str] | None = None,
 ) -> list[tuple[Delivery, str]]:
+    """Deliveries of a message by id, with their recipient's external id; only those in
+    ``state``, or in any of ``states``, when given."""
     query = (
         select(Delivery, Recipient.external_id)
         .join(Recipient, Recipient.id == Delivery.recipient_id)
@@ -733,6 +840,8 @@ async def page_for_message(
     )
     if state is not None:
         query = query.where(Delivery.state == state)
+    if states is not None:
+        query = query.where(Delivery.state.in_(list(states)))
     if after_id is not None:
         query = query.where(Delivery.id > after_id)
     rows = await session.execute(query.order_by(Delivery.id).limit(limit))

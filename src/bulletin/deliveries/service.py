@@ -6,11 +6,13 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bulletin.db import utcnow
 from bulletin.deliveries import repository, schemas
 from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.states import DeliveryState
-from bulletin.errors import NotFound
+from bulletin.deliveries.states import DeliveryState, MessageState
+from bulletin.errors import Conflict, NotFound
 from bulletin.ids import decode_cursor, encode_cursor
+from bulletin.messages.models import Message
 from bulletin.recipients.models import Recipient
 
 
@@ -68,3 +70,22 @@ async def page_for_message(
         items=[to_schema(d, external_id) for d, external_id in rows],
         next_cursor=encode_cursor(rows[-1][0].id) if more else None,
     )
+
+
+async def resend_unknown(session: AsyncSession, org_id: uuid.UUID, delivery_id: int) -> Delivery:
+    """Send an ``unknown`` delivery again, deliberately: its first send may have arrived, so
+    only an operator decides this, never the engine. Other states are a 409."""
+    delivery = await repository.get(session, org_id, delivery_id)
+    if delivery is None:
+        raise NotFound(f"There is no delivery {delivery_id}.")
+    message = await session.get(Message, delivery.message_id)
+    if message is not None and message.state == MessageState.CANCELLED.value:
+        raise Conflict("The message was cancelled; its deliveries are not sent again.")
+    reopened = await repository.reopen_unknown(
+        session, org_id, delivery_id, utcnow(), "resent by an operator"
+    )
+    if reopened is None:
+        raise Conflict(
+            f"Delivery {delivery_id} is {delivery.state}; only an unknown one can be resent."
+        )
+    return reopened

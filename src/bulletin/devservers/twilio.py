@@ -21,7 +21,6 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
-import math
 import re
 import secrets
 import socket
@@ -36,27 +35,10 @@ from typing import Literal, Self
 import aiohttp
 from aiohttp import web
 
+from bulletin.channels.sms import measure
 from bulletin.channels.twilio import API_VERSION, signature
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-
-# The GSM 03.38 alphabet: a message in it packs 160 characters in one segment, 153 per segment
-# once split; anything else goes as UCS-2, 70 and 67. The extension characters count twice.
-_GSM_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXTENSION = frozenset("^{}\\[~]|€\f")
-
-
-def _segments(body: str) -> int:
-    if all(char in _GSM_BASIC or char in _GSM_EXTENSION for char in body):
-        units = sum(2 if char in _GSM_EXTENSION else 1 for char in body)
-        single, multi = 160, 153
-    else:
-        units = sum(2 if ord(char) > 0xFFFF else 1 for char in body)
-        single, multi = 70, 67
-    return 1 if units <= single else math.ceil(units / multi)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +321,7 @@ class TwilioServer:
             "from": sms.from_,
             "messaging_service_sid": sms.messaging_service_sid,
             "num_media": "0",
-            "num_segments": str(_segments(sms.body)),
+            "num_segments": str(measure(sms.body).segments),
             "price": None,
             "price_unit": "USD",
             "sid": sms.sid,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import dialect_name, utcnow
@@ -22,6 +23,16 @@ from bulletin.errors import FieldError, IdempotencyKeyReused, InvalidRequest, Re
 from bulletin.idempotency.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 255
+
+# Plain statements on the table: one row read or written per request, on the API's busiest
+# path, without the ORM's identity map and unit of work.
+_RECORDS: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
+_FIND = select(
+    _RECORDS.c.fingerprint, _RECORDS.c.status_code, _RECORDS.c.body, _RECORDS.c.location
+).where(_RECORDS.c.org_id == bindparam("org_id"), _RECORDS.c.key == bindparam("key"))
+_TRY_LOCK = select(
+    func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("name", type_=String), 0))
+)
 
 
 @dataclass(frozen=True)
@@ -60,16 +71,12 @@ async def begin(
     :class:`IdempotencyKeyReused` when the key was used for a different request.
     """
     if dialect_name(session) == "postgresql":
-        locked = (
-            await session.execute(
-                select(func.pg_try_advisory_xact_lock(func.hashtextextended(f"{org_id}:{key}", 0)))
-            )
-        ).scalar_one()
+        locked = (await session.execute(_TRY_LOCK, {"name": f"{org_id}:{key}"})).scalar_one()
         if not locked:
             raise RequestInProgress(
                 "A request with this Idempotency-Key is still being processed; retry shortly."
             )
-    record = await session.get(IdempotencyRecord, (org_id, key))
+    record = (await session.execute(_FIND, {"org_id": org_id, "key": key})).one_or_none()
     if record is None:
         return None
     if record.fingerprint != print_:
@@ -87,15 +94,36 @@ async def remember(
     print_: str,
     answer: StoredAnswer,
 ) -> None:
-    session.add(
-        IdempotencyRecord(
-            org_id=org_id,
-            key=key,
-            fingerprint=print_,
-            status_code=answer.status_code,
-            body=answer.body,
-            location=answer.location,
-            created_at=utcnow(),
-        )
+    await session.execute(
+        insert(_RECORDS),
+        {
+            "org_id": org_id,
+            "key": key,
+            "fingerprint": print_,
+            "status_code": answer.status_code,
+            "body": answer.body,
+            "location": answer.location,
+            "created_at": utcnow(),
+        },
     )
-    await session.flush()
+
+
+async def once(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    key: str,
+    print_: str,
+    create: Callable[[], Awaitable[StoredAnswer]],
+) -> tuple[StoredAnswer, bool]:
+    """The answer to the request with ``key``, and whether it is replayed.
+
+    The first request with the key runs ``create`` and its answer is recorded in the same
+    transaction; every later one gets that answer back without running ``create``. Raises as
+    :func:`begin` does.
+    """
+    stored = await begin(session, org_id, key, print_)
+    if stored is not None:
+        return stored, True
+    answer = await create()
+    await remember(session, org_id, key, print_, answer)
+    return answer, False

@@ -54,12 +54,28 @@ async def _check_templates(
 ) -> dict[str, Any]:
     """Validate every template of the message now, so that none fails at send time (422).
 
-    Each is rendered for a probe recipient and for the first recipients named explicitly.
+    Each is rendered for a probe recipient and for the first recipients named explicitly
+    (who are not looked up when the message has no template at all).
     """
     overrides = body.overrides.model_dump(exclude_none=True) if body.overrides else {}
-    people = await recipients.by_ids(session, named[:_TEMPLATE_SAMPLE])
+    people = []
+    if named and templates.uses_templates(body.title, body.body, overrides):
+        people = await recipients.by_ids(session, named[:_TEMPLATE_SAMPLE])
     templates.check(body.title, body.body, overrides, [view_of(r) for r in people])
     return overrides
+
+
+async def count_audience(
+    session: AsyncSession, org_id: uuid.UUID, audience: schemas.Audience
+) -> tuple[int, list[str]]:
+    """How many people ``audience`` reaches now, and the named external ids that do not exist."""
+    if audience.recipients:
+        wanted = list(dict.fromkeys(audience.recipients))
+        found = await recipients.existing_external_ids(session, org_id, wanted)
+        return len(found), [e for e in wanted if e not in found]
+    return await deliveries.count_audience(
+        session, org_id, audience.model_dump(exclude_none=True)
+    ), []
 
 
 def view_of(recipient: Recipient) -> templates.RecipientView:
@@ -124,8 +140,7 @@ async def create_announcement(
     overrides = await _check_templates(session, body, named)
     audience = body.audience.model_dump(exclude_none=True)
     message = _new_message(org_id, ANNOUNCEMENT, body, audience, utcnow(), overrides)
-    session.add(message)
-    await session.flush()
+    await repository.add(session, message)
     if named:
         await repository.add_recipients(session, message.id, named)
     return message
@@ -138,8 +153,7 @@ async def create_notification(
     overrides = await _check_templates(session, body, named)
     audience: dict[str, object] = {"recipients": [body.recipient]}
     message = _new_message(org_id, NOTIFICATION, body, audience, utcnow(), overrides)
-    session.add(message)
-    await session.flush()
+    await repository.add(session, message)
     await repository.add_recipients(session, message.id, named)
     return message
 

@@ -255,6 +255,16 @@ class MessageTemplates:
         return Content(title, body, html, parameters)
 
 
+def uses_templates(title: str, body: str, overrides: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether any text of a message is a template; if none is, it reads the same for everyone
+    and :func:`check` needs no recipients."""
+    texts = [title, body]
+    for content in overrides.values():
+        texts += [content[part] for part in ("title", "body", "html") if content.get(part)]
+        texts += (content.get("template") or {}).get("parameters", [])
+    return any(marker in text for text in texts for marker in _MARKERS)
+
+
 def check(
     title: str,
     body: str,

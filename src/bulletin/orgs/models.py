@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String, Uuid
+from sqlalchemy import Boolean, ForeignKey, String, Uuid, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bulletin.db import Base, UTCDateTime, utcnow
@@ -13,11 +13,18 @@ from bulletin.ids import uuid7
 
 
 class Organization(Base):
+    """A tenant, and the settings that apply to everything it sends."""
+
     __tablename__ = "organizations"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Append a short preference-centre link to SMS and free-text WhatsApp messages. Off by
+    #: default: a text is short and often paid per segment, so the organization decides.
+    preference_links_in_texts: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class ApiKey(Base):

@@ -26,6 +26,12 @@ PROFILE_COLUMNS = (
 )
 _ROWS_PER_STATEMENT = 1000
 GROUPS: Table = RecipientGroup.__table__  # type: ignore[assignment]
+_RECIPIENTS: Table = Recipient.__table__  # type: ignore[assignment]
+# Every notification looks its recipient up: a plain statement, built once.
+_IDS_BY_EXTERNAL_ID = select(_RECIPIENTS.c.external_id, _RECIPIENTS.c.id).where(
+    _RECIPIENTS.c.org_id == bindparam("org_id"),
+    _RECIPIENTS.c.external_id.in_(bindparam("external_ids", expanding=True)),
+)
 
 # Create or replace a chunk of recipients in one statement, rows read from a JSON parameter.
 # The SET lists are PROFILE_COLUMNS.
@@ -82,11 +88,7 @@ async def existing_external_ids(
     """Which of ``external_ids`` exist in the organization, with their internal ids."""
     found: dict[str, int] = {}
     for part in chunked(external_ids, _ROWS_PER_STATEMENT):
-        rows = await session.execute(
-            select(Recipient.external_id, Recipient.id).where(
-                Recipient.org_id == org_id, Recipient.external_id.in_(part)
-            )
-        )
+        rows = await session.execute(_IDS_BY_EXTERNAL_ID, {"org_id": org_id, "external_ids": part})
         found.update({row.external_id: row.id for row in rows})
     return found
 
@@ -167,6 +169,53 @@ async def page(
     if after_id is not None:
         query = query.where(Recipient.id > after_id)
     return list((await session.execute(query.order_by(Recipient.id).limit(limit))).scalars())
+
+
+def _like(text_: str) -> str:
+    escaped = text_.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def search(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    *,
+    text_: str | None,
+    group: str | None,
+    offset: int,
+    limit: int,
+) -> list[Recipient]:
+    """Active recipients whose name, external id, email or phone contains ``text_`` (any
+    case), in ``group`` when given, by id."""
+    query = select(Recipient).where(Recipient.org_id == org_id, Recipient.active.is_(True))
+    if text_:
+        pattern = _like(text_)
+        query = query.where(
+            func.lower(Recipient.name).like(pattern, escape="\\")
+            | func.lower(Recipient.external_id).like(pattern, escape="\\")
+            | func.lower(Recipient.email).like(pattern, escape="\\")
+            | func.lower(Recipient.phone).like(pattern, escape="\\")
+        )
+    if group:
+        query = query.where(
+            exists().where(
+                RecipientGroup.recipient_id == Recipient.id,
+                RecipientGroup.org_id == org_id,
+                RecipientGroup.name == group,
+            )
+        )
+    query = query.order_by(Recipient.id).offset(offset).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def group_names(session: AsyncSession, org_id: uuid.UUID) -> list[str]:
+    rows = await session.execute(
+        select(RecipientGroup.name)
+        .where(RecipientGroup.org_id == org_id)
+        .distinct()
+        .order_by(RecipientGroup.name)
+    )
+    return list(rows.scalars())
 
 
 async def deactivate(

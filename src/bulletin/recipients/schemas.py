@@ -14,6 +14,7 @@ GroupName = Annotated[str, AfterValidator(validation.check_group)]
 CategoryName = Annotated[str, AfterValidator(validation.check_category)]
 ExternalId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/]+$")]
 ClockTime = Annotated[str, AfterValidator(validation.check_clock)]
+TimeZone = Annotated[str, AfterValidator(validation.check_timezone)]
 
 
 class RecipientFields(RequestBody):
@@ -29,7 +30,7 @@ class RecipientFields(RequestBody):
     whatsapp: str | None = Field(
         default=None, max_length=40, description="WhatsApp number; defaults to the phone."
     )
-    timezone: Annotated[str, AfterValidator(validation.check_timezone)] | None = Field(
+    timezone: TimeZone | None = Field(
         default=None, description="IANA name, such as Africa/Johannesburg."
     )
     locale: Annotated[str, Field(max_length=35), AfterValidator(validation.check_locale)] | None = (
@@ -118,6 +119,13 @@ class PreferencesIn(RequestBody):
     channels: ChannelPreferences = Field(default_factory=ChannelPreferences)
     categories: dict[CategoryName, bool] = Field(default_factory=dict, max_length=200)
     quiet_hours: QuietHours | None = None
+
+
+class OwnPreferencesIn(PreferencesIn):
+    """Preferences as the person sets them from their preference link: those of the API, and
+    the time zone their quiet hours are in (``None`` leaves it as it is)."""
+
+    timezone: TimeZone | None = None
 
 
 class Preferences(BaseModel):

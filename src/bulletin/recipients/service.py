@@ -208,10 +208,7 @@ async def get_preferences(
     return effective_preferences(await _require(session, org_id, external_id))
 
 
-async def put_preferences(
-    session: AsyncSession, org_id: uuid.UUID, external_id: str, body: schemas.PreferencesIn
-) -> schemas.Preferences:
-    recipient = await _require(session, org_id, external_id)
+def _apply(recipient: Recipient, body: schemas.PreferencesIn) -> None:
     recipient.pref_whatsapp = body.channels.whatsapp
     recipient.pref_email = body.channels.email
     recipient.pref_sms = body.channels.sms
@@ -219,5 +216,42 @@ async def put_preferences(
     recipient.quiet_start = body.quiet_hours.start if body.quiet_hours else None
     recipient.quiet_end = body.quiet_hours.end if body.quiet_hours else None
     recipient.updated_at = utcnow()
+
+
+async def put_preferences(
+    session: AsyncSession, org_id: uuid.UUID, external_id: str, body: schemas.PreferencesIn
+) -> schemas.Preferences:
+    recipient = await _require(session, org_id, external_id)
+    _apply(recipient, body)
     await session.flush()
     return effective_preferences(recipient)
+
+
+async def reachable_by_id(session: AsyncSession, recipient_id: int) -> Recipient | None:
+    """The active recipient with this id, whichever organization it belongs to, or ``None``.
+
+    For links that name a person (the preference centre); the caller verifies the link.
+    """
+    recipient = await session.get(Recipient, recipient_id)
+    return recipient if recipient is not None and recipient.active else None
+
+
+async def set_own_preferences(
+    session: AsyncSession, recipient: Recipient, body: schemas.OwnPreferencesIn
+) -> schemas.Preferences:
+    """Replace the preferences of a person who set them themselves (the preference centre)."""
+    _apply(recipient, body)
+    if body.timezone is not None:
+        recipient.timezone = body.timezone
+    await session.flush()
+    return effective_preferences(recipient)
+
+
+async def unsubscribe(session: AsyncSession, recipient: Recipient, category: str | None) -> None:
+    """One-click unsubscribe: out of ``category`` when there is one, out of email otherwise."""
+    if category:
+        recipient.categories = {**(recipient.categories or {}), category: False}
+    else:
+        recipient.pref_email = False
+    recipient.updated_at = utcnow()
+    await session.flush()

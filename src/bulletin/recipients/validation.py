@@ -43,6 +43,11 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def time_zones() -> list[str]:
+    """Every IANA time zone name this system knows, sorted, for a person to choose from."""
+    return sorted(_zones())
+
+
 def check_timezone(value: str) -> str:
     if value not in _zones():
         raise ValueError(f"{value!r} is not an IANA time zone name, such as 'Africa/Johannesburg'")

@@ -32,4 +32,7 @@ class SandboxMessage(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    #: The preference-centre link the message carried (an email's footer), so that it can be
+    #: followed from the sandbox as from a real inbox.
+    preference_url: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

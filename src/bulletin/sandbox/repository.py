@@ -42,6 +42,7 @@ async def page(
                 title=m.title,
                 body=m.body,
                 attempts=m.attempts,
+                preference_url=m.preference_url,
                 created_at=m.created_at,
             )
             for m in found

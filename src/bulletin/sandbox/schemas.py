@@ -18,6 +18,9 @@ class SandboxMessage(BaseModel):
     title: str
     body: str
     attempts: int = Field(description="Times this delivery was handed over; 1 unless resent.")
+    preference_url: str | None = Field(
+        default=None, description="The preference-centre link the message carried, if any."
+    )
     created_at: dt.datetime
 
 

@@ -3,7 +3,8 @@
 One dispatcher runs per worker process and keeps up to ``max_in_flight`` provider calls going
 at once. Its loop, readable in one sitting:
 
-1. claim a batch of due deliveries (never more than there are free send slots);
+1. claim a batch of deliveries due now or within :data:`CLAIM_AHEAD` (never more than there
+   are free send slots); each is sent when it is due, not before;
 2. for each, :func:`~bulletin.worker.policy.decide`: suppress, defer to the end of quiet
    hours, or send;
 3. each send runs as its own task, bounded by the send timeout and only started while the
@@ -26,7 +27,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy import select
@@ -44,6 +45,7 @@ from bulletin.deliveries.receipts import window_open
 from bulletin.deliveries.repository import ClaimedRow
 from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from bulletin.messages import repository as message_rows
 from bulletin.messages.models import Message
 from bulletin.messages.service import view_of
 from bulletin.messages.templates import (
@@ -53,7 +55,9 @@ from bulletin.messages.templates import (
     TemplateFailed,
 )
 from bulletin.metrics import RETRIES, SEND_SECONDS
+from bulletin.orgs import service as orgs
 from bulletin.recipients.models import Recipient
+from bulletin.web.links import PreferenceLinks, unsubscribe_url
 from bulletin.worker import policy
 from bulletin.worker.completer import Completer
 from bulletin.worker.pacing import Pacer
@@ -64,6 +68,52 @@ log = structlog.get_logger("bulletin.worker")
 
 # A send is started only if the lease still has this much room beyond the send timeout.
 _LEASE_MARGIN_SECONDS = 2.0
+# Claimed deliveries decided between two chances for other tasks of the process to run.
+_DECIDE_BETWEEN_YIELDS = 20
+# Deliveries are claimed and decided up to this long before they are due, then sent when they
+# are: the claim's round trips to the database are not added to the time it is sent at.
+CLAIM_AHEAD = dt.timedelta(seconds=0.25)
+
+
+class CancelChecks:
+    """Whether messages were cancelled, for deliveries claimed ahead of their time that are
+    about to start: deliveries of one message come due together, so the checks of one moment
+    are made as one query."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._asked: set[uuid.UUID] = set()
+        self._answer: asyncio.Future[set[uuid.UUID]] | None = None
+
+    async def cancelled(self, message_id: uuid.UUID) -> bool:
+        if self._answer is None:
+            self._answer = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._ask)
+        answer = self._answer
+        self._asked.add(message_id)
+        return message_id in await asyncio.shield(answer)
+
+    def _ask(self) -> None:
+        asked, self._asked = self._asked, set()
+        answer, self._answer = self._answer, None
+        assert answer is not None
+        task = asyncio.ensure_future(self._query(asked))
+        task.add_done_callback(lambda t: _settle(answer, t))
+
+    async def _query(self, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+        async with self._db.read() as session:
+            return await message_rows.cancelled_among(session, ids)
+
+
+def _settle(future: asyncio.Future[set[uuid.UUID]], task: asyncio.Task[set[uuid.UUID]]) -> None:
+    if future.done():
+        return
+    if task.cancelled():
+        future.cancel()
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
 
 
 class MessageCache:
@@ -108,6 +158,39 @@ class MessageCache:
         return found
 
 
+class TextLinkSetting:
+    """Which organizations want the preference link at the end of SMS and WhatsApp texts.
+
+    Read for the organizations of a claimed batch and kept for ``seconds``, so that sending
+    costs no query per message; a change of the setting applies within that time.
+    """
+
+    def __init__(
+        self, db: Database, seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._db = db
+        self._seconds = seconds
+        self._clock = clock
+        self._known: dict[uuid.UUID, tuple[float, bool]] = {}
+
+    async def refresh(self, org_ids: set[uuid.UUID]) -> None:
+        """Read the setting of those of ``org_ids`` not read in the last ``seconds``."""
+        now = self._clock()
+        stale = {o for o in org_ids if o not in self._known or self._known[o][0] <= now}
+        if not stale:
+            return
+        async with self._db.read() as session:
+            enabled = await orgs.with_text_links(session, stale)
+        if len(self._known) > 10_000:
+            self._known.clear()  # that many organizations in one batch window is rare
+        for org_id in stale:
+            self._known[org_id] = (now + self._seconds, org_id in enabled)
+
+    def enabled(self, org_id: uuid.UUID) -> bool:
+        known = self._known.get(org_id)
+        return known is not None and known[1]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -116,7 +199,7 @@ class Dispatcher:
         settings: Settings,
         wakeup: Wakeup,
         *,
-        unsubscribe: Callable[[int], Awaitable[str]] | None = None,
+        links: PreferenceLinks | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -127,11 +210,16 @@ class Dispatcher:
         self._retry = RetryPolicy.from_settings(settings)
         self.completer = Completer(db, flush_seconds=settings.completion_flush_ms / 1000)
         self._messages = MessageCache(db)
+        self._cancel_checks = CancelChecks(db)
         self._pacer = Pacer(db)
-        self._unsubscribe = unsubscribe
+        #: Makes each person's preference link; ``None`` sends messages without links.
+        self._links = links
+        self._text_links = TextLinkSetting(db)
         self._sends: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: The time up to which the last claim took every due delivery it could.
+        self._claimed_up_to = utcnow()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -146,10 +234,9 @@ class Dispatcher:
                     self._slot_freed.clear()
                     await self._sleep_until(self._slot_freed, stopping, 1.0)
                     continue
+                limit = min(free, self._settings.claim_batch_size)
                 try:
-                    claimed = await self._claim_and_dispatch(
-                        min(free, self._settings.claim_batch_size)
-                    )
+                    claimed = await self._claim_and_dispatch(limit)
                 except Exception as exc:
                     # The database went away (or a defect): wait, then look again. Sends in
                     # flight go on; their outcomes wait in the completer.
@@ -164,8 +251,10 @@ class Dispatcher:
                     continue
                 if failures := backoff.succeeded():
                     log.info("worker.claim_resumed", failures=failures)
-                if claimed == 0:
-                    await self._idle()
+                if claimed < limit:
+                    # Every due delivery not held by another worker was taken: claiming again
+                    # at once would find nothing, so sleep until more falls due or is made.
+                    await self._idle(self._claimed_up_to)
         finally:
             await self._shutdown(completer)
 
@@ -179,19 +268,25 @@ class Dispatcher:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _idle(self) -> None:
-        """Sleep until poked, the next delivery falls due, or the poll interval passes."""
+    async def _idle(self, claimed_up_to: dt.datetime) -> None:
+        """Sleep until poked, the next delivery falls due, or the poll interval passes.
+
+        Deliveries due by ``claimed_up_to`` that the last claim did not get are being claimed
+        by another worker (or belong to a cancelled message): waking for them would only find
+        them gone, again and again until that worker commits, so only later ones count.
+        """
         timeout = self._settings.idle_poll_seconds
         try:
             async with self._db.read() as session:
-                due = await repository.next_due(session)
+                due = await repository.next_due(session, after=claimed_up_to)
         except Exception as exc:
             # Only a hint for how long to sleep; the claim loop reports outages.
             if not is_unavailable(exc):
                 log.exception("worker.next_due_error")
             due = None
         if due is not None:
-            timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
+            claim_at = due - CLAIM_AHEAD
+            timeout = min(timeout, max(0.0, (claim_at - utcnow()).total_seconds()))
         await self._wakeup.wait(timeout)
 
     async def _shutdown(self, completer: asyncio.Task[None]) -> None:
@@ -216,10 +311,13 @@ class Dispatcher:
         await self._registry.refresh()
         looked_at = time.monotonic()
         now = utcnow()
+        due_by = self._claimed_up_to = now + CLAIM_AHEAD
         lease = dt.timedelta(seconds=self._settings.lease_seconds)
         lease_deadline = time.monotonic() + self._settings.lease_seconds
         async with self._db.transaction() as session:
-            rows = await repository.claim(session, now, now + lease, limit, self._name)
+            rows = await repository.claim(
+                session, now, now + lease, limit, self._name, due_by=due_by
+            )
             if not rows:
                 return 0
             recipients = await repository.recipients_by_id(session, [r.recipient_id for r in rows])
@@ -242,7 +340,12 @@ class Dispatcher:
                 {(r.org_id, r.channel) for r in rows}, looked_at
             )
             messages = await self._messages.get_many({r.message_id for r in rows})
-            for row in rows:
+            if self._links is not None:
+                await self._text_links.refresh({r.org_id for r in rows})
+            for i, row in enumerate(rows):
+                if i and i % _DECIDE_BETWEEN_YIELDS == 0:
+                    # Let sends waiting for their pacing slot start on time meanwhile.
+                    await asyncio.sleep(0)
                 decision = await self._decide(
                     row, recipients[row.recipient_id], messages, suppressed
                 )
@@ -383,6 +486,25 @@ class Dispatcher:
         self._sends.add(task)
         task.add_done_callback(self._send_finished)
 
+    async def _with_links(
+        self, links: PreferenceLinks, row: ClaimedRow, outbound: OutboundMessage
+    ) -> OutboundMessage:
+        """``outbound`` with the person's preference link: an email always carries it (footer,
+        ``List-Unsubscribe``); a text only if its organization wants it, and a WhatsApp template
+        never, because its parameters are fixed by the approved template."""
+        page = await links.page(row.org_id, row.recipient_id)
+        if outbound.channel == "email":
+            return dataclasses.replace(
+                outbound,
+                preferences_url=page,
+                unsubscribe_url=unsubscribe_url(page, outbound.category),
+            )
+        if outbound.whatsapp_template is None and self._text_links.enabled(row.org_id):
+            return dataclasses.replace(
+                outbound, preferences_url=page, body=f"{outbound.body}\n\nPreferences: {page}"
+            )
+        return outbound
+
     def _content(
         self, row: ClaimedRow, recipient: Recipient, message: MessageFacts, channel: str
     ) -> tuple[Content, WhatsAppTemplate | None]:
@@ -461,9 +583,14 @@ class Dispatcher:
             give_back(why)
             return
         try:
-            if outbound.channel == "email" and self._unsubscribe is not None:
-                link = await self._unsubscribe(row.id)
-                outbound = dataclasses.replace(outbound, unsubscribe_url=link)
+            if row.due is not None and (early := (row.due - utcnow()).total_seconds()) > 0:
+                await asyncio.sleep(early)  # claimed ahead of time; never sent early
+                # A cancel that committed meanwhile must stop it (G5): it has not started.
+                if await self._cancel_checks.cancelled(row.message_id):
+                    give_back("released: message cancelled")
+                    return
+            if self._links is not None:
+                outbound = await self._with_links(self._links, row, outbound)
             busy_until = await self._pacer.claim_pair(provider, outbound.address)
             later = None if busy_until else await self._pacer.wait_turn(provider)
         except (SQLAlchemyError, OSError) as exc:
@@ -473,7 +600,8 @@ class Dispatcher:
             )
             return
         except asyncio.CancelledError:
-            # Stopped while waiting for a send slot: nothing was sent, so nothing is in doubt.
+            # Stopped while waiting for its time or a send slot: nothing was sent, so nothing
+            # is in doubt.
             give_back("released: worker stopping")
             raise
         if busy_until is not None:

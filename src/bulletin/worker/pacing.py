@@ -6,8 +6,15 @@ transaction (the row is locked while it is moved forward by ``k / rate``), then 
 send at its slot. Reservations of many concurrent sends in one process are made together, so
 pacing costs one round trip per group, not per message.
 
+* Slots are spaced a little wider than ``1 / rate`` (:data:`SLACK`) and a send that cannot
+  start within a few milliseconds of its slot does not use it (:data:`LATE_SECONDS`) while
+  the account's slots are taken well ahead (:data:`BACKLOG_SECONDS`), so that no second
+  counted by the provider holds more than ``rate`` sends although each reaches it a little
+  late, by a different amount.
 * A slot is only reserved within a short horizon (2 s); a send whose slot would come later is
-  given back to the queue, due at that time, so that no lease is spent waiting.
+  given back to the queue, so that no lease is spent waiting. It comes due again at its place
+  in a second schedule of the account (:func:`queue_later`): sends given back by all workers
+  come due one after the other, at the account's rate, not all at once.
 * :meth:`Pacer.slow_down` pushes the account's next slot past a pause (a rate-limit answer, a
   ``Retry-After``): every worker then waits, instead of one message retrying in a tight loop.
   Sends of this process already holding a slot are paused too; other processes may still
@@ -19,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import CursorResult, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Provider
@@ -31,6 +40,26 @@ from bulletin.db import Database, upsert_statement, utcnow
 from bulletin.worker.models import PacingSlot, PairSlot
 
 log = structlog.get_logger("bulletin.pacing")
+
+#: Slots are ``(1 + SLACK) / rate`` apart, so any ``rate`` consecutive sends span a second and
+#: ``SLACK`` seconds more: that much of difference in how late two sends reach the provider
+#: (the network, a busy process) cannot put ``rate + 1`` of them into one second.
+SLACK = 0.035
+#: A send that cannot start within this long after its slot (its process was busy) does not
+#: use it: part of :data:`SLACK` is kept for the way to the provider.
+LATE_SECONDS = 0.020
+#: The late rule only matters while the account's slots are taken this far ahead: below
+#: that, the sends that follow a late one fill less than a second, and a process too busy to
+#: keep a slot to the millisecond (at a high rate, which few workers can fill) sends anyway.
+BACKLOG_SECONDS = 0.5
+#: Slots a send may miss before it goes back to the queue.
+_TRIES = 2
+#: Names an account's schedule of sends given back (see :func:`queue_later`).
+LATER_SUFFIX = " (later)"
+#: Sends given back come due in groups this far apart, so that one claim takes each group.
+_LATER_GRAIN_SECONDS = 0.1
+#: The most by which reservations are made ahead of time for the round trip they take.
+_MAX_LEAD_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +70,13 @@ class Later:
 
 
 async def _lock_slot(session: AsyncSession, account: str, now: dt.datetime) -> PacingSlot:
+    query = select(PacingSlot).where(PacingSlot.account == account).with_for_update()
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is not None:
+        return row
+    # The account's first send: make its row (another worker may be making it too).
     insert = upsert_statement(session, PacingSlot).values(account=account, next_slot_at=now)
     await session.execute(insert.on_conflict_do_nothing())
-    query = select(PacingSlot).where(PacingSlot.account == account).with_for_update()
     return (await session.execute(query)).scalar_one()
 
 
@@ -69,6 +102,28 @@ async def reserve(
     row.next_slot_at = start + gap * len(slots)
     await session.flush()
     return slots, row.next_slot_at
+
+
+async def queue_later(
+    session: AsyncSession, account: str, count: int, not_before: dt.datetime, gap: dt.timedelta
+) -> list[dt.datetime]:
+    """Places for ``count`` sends given back for lack of a slot: ``gap`` apart, from
+    ``not_before`` or after the places already handed out, whichever is later.
+
+    The places are a second virtual schedule of the account (its row in ``pacing_slots`` is
+    the account's name with :data:`LATER_SUFFIX`). Sends given back by every worker come due
+    again one after the other at the account's rate, in the order they were given back,
+    rather than all at the same instant, when all but a few would find every slot taken and
+    be given back again.
+    """
+    if count <= 0:
+        return []
+    row = await _lock_slot(session, account + LATER_SUFFIX, not_before)
+    first = max(row.next_slot_at, not_before)
+    places = [first + gap * i for i in range(count)]
+    row.next_slot_at = first + gap * count
+    await session.flush()
+    return places
 
 
 async def push_back(session: AsyncSession, account: str, until: dt.datetime) -> None:
@@ -114,60 +169,126 @@ class _Account:
     def __init__(self) -> None:
         self.waiting: list[asyncio.Future[dt.datetime | Later]] = []
         self.task: asyncio.Task[None] | None = None
+        #: When this process next lets a send it gave back come due (see :meth:`Pacer._later`).
+        self.deferred_until = utcnow()
+        #: Whether the last reservation found the account's slots taken
+        #: :data:`BACKLOG_SECONDS` ahead or more.
+        self.backed_up = False
 
 
 class Pacer:
-    """One process's side of pacing: groups reservations, waits for slots."""
+    """One process's side of pacing: groups reservations, waits for slots.
+
+    Slots are spaced a little wider than ``1 / rate`` (by :data:`SLACK`), and a send only uses
+    its slot if it starts within :data:`LATE_SECONDS` of it. Together these keep any second
+    at no more than ``rate`` sends as the provider counts them, although sends reach it a few
+    milliseconds late, each by a different amount: the provider answers sends over its limit
+    with a rate-limit error, which pauses the whole account for seconds.
+    """
 
     def __init__(self, db: Database, *, horizon_seconds: float = 2.0) -> None:
         self._db = db
         self._horizon = dt.timedelta(seconds=horizon_seconds)
         self._accounts: dict[str, _Account] = {}
         self._paused: dict[str, dt.datetime] = {}
+        #: Seconds a reservation takes (a moving average): slots are reserved this far ahead,
+        #: and each send waits for its answer anyway.
+        self._lead = 0.0
 
     async def wait_turn(self, provider: Provider) -> Later | None:
         """Wait for the provider's next send slot; :class:`Later` if none is near."""
         rate = provider.rate_per_second
         if rate is None:
             return None
-        paused = self._paused.get(provider.account)
-        if paused is not None and paused > utcnow():
-            return Later(paused)
-        state = self._accounts.setdefault(provider.account, _Account())
-        future: asyncio.Future[dt.datetime | Later] = asyncio.get_running_loop().create_future()
-        state.waiting.append(future)
-        if state.task is None or state.task.done():
-            state.task = asyncio.create_task(self._reserve(provider.account, rate, state))
-        slot = await future
-        if isinstance(slot, Later):
-            return slot
-        delay = (slot - utcnow()).total_seconds()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        # A rate-limit answer while this send waited for its slot pauses it too.
-        paused = self._paused.get(provider.account)
-        if paused is not None and paused > utcnow():
-            return Later(paused)
-        return None
+        account = provider.account
+        state = self._accounts.setdefault(account, _Account())
+        gap = dt.timedelta(seconds=(1 + SLACK) / rate)
+        # However many slots it misses, a send waits no longer than one horizon in all.
+        deadline = utcnow() + self._horizon
+        for attempt in range(_TRIES):
+            if (paused := self._paused_until(account)) is not None:
+                return self._later(state, paused, gap)
+            future: asyncio.Future[dt.datetime | Later] = asyncio.get_running_loop().create_future()
+            state.waiting.append(future)
+            if state.task is None or state.task.done():
+                state.task = asyncio.create_task(self._reserve(account, gap, state))
+            slot = await future
+            if isinstance(slot, Later):
+                return slot
+            if attempt and slot > deadline:
+                return self._later(state, slot, gap)
+            delay = (slot - utcnow()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A rate-limit answer while this send waited for its slot pauses it too.
+            if (paused := self._paused_until(account)) is not None:
+                return self._later(state, paused, gap)
+            late = (utcnow() - slot).total_seconds()
+            if late <= LATE_SECONDS or not state.backed_up:
+                return None
+            # Sending now would crowd it into the second of the sends after it. The slot
+            # goes unused, which only slows the account down a little.
+            log.info("pacing.slot_missed", account=account, late_ms=round(late * 1000, 1))
+        return self._later(state, utcnow(), gap)
 
-    async def _reserve(self, account: str, rate: float, state: _Account) -> None:
+    def _paused_until(self, account: str) -> dt.datetime | None:
+        paused = self._paused.get(account)
+        return paused if paused is not None and paused > utcnow() else None
+
+    def _later(self, state: _Account, at: dt.datetime, gap: dt.timedelta) -> Later:
+        """Come back at ``at`` or, when sends given back by this process already come due
+        then, one slot after the last of them: spread out, they are claimed again a few at a
+        time, not all together in one burst that again finds every slot taken."""
+        at = max(at, state.deferred_until)
+        state.deferred_until = at + gap
+        return Later(at)
+
+    async def _reserve(self, account: str, gap: dt.timedelta, state: _Account) -> None:
         # Yield once so that sends started in the same moment join one reservation.
         await asyncio.sleep(0)
+        rate = 1 / gap.total_seconds()
         while state.waiting:
             group, state.waiting = state.waiting, []
+            asked = time.monotonic()
+            # Slots start no sooner than the answer is expected back: a slot already past when
+            # it arrives would make its send late.
+            start = utcnow() + dt.timedelta(seconds=self._lead)
             try:
                 async with self._db.transaction() as session:
+                    if self._db.is_postgres:
+                        # Every send waits for this commit. Slots are soft state: a crash may
+                        # forget the last few, which costs at most a short burst afterwards.
+                        await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                     slots, after = await reserve(
-                        session, account, rate, len(group), utcnow(), self._horizon
+                        session, account, rate, len(group), start, self._horizon
+                    )
+                    places = await queue_later(
+                        session, account, len(group) - len(slots), after, gap
                     )
             except Exception as exc:
                 for future in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for i, future in enumerate(group):
+            took = time.monotonic() - asked
+            state.backed_up = (after - utcnow()).total_seconds() >= BACKLOG_SECONDS
+            self._lead = min(_MAX_LEAD_SECONDS, 0.8 * self._lead + 0.2 * took)
+            answers: list[dt.datetime | Later] = [
+                *slots,
+                *(Later(self._due(place)) for place in places),
+            ]
+            for future, answer in zip(group, answers, strict=True):
                 if not future.done():
-                    future.set_result(slots[i] if i < len(slots) else Later(after))
+                    future.set_result(answer)
+
+    def _due(self, place: dt.datetime) -> dt.datetime:
+        """When a send given back for the place ``place`` is to be claimed again: half a
+        horizon before it, so that its new reservation finds a slot near ``place``; rounded up
+        to the grain."""
+        at = (place - self._horizon / 2).timestamp()
+        return dt.datetime.fromtimestamp(
+            math.ceil(at / _LATER_GRAIN_SECONDS) * _LATER_GRAIN_SECONDS, dt.UTC
+        )
 
     async def slow_down(self, provider: Provider, seconds: float) -> None:
         """Pause the provider's account for every worker, for ``seconds``."""

@@ -10,10 +10,10 @@ import structlog
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database
-from bulletin.web.links import UnsubscribeLinks
+from bulletin.web.links import PreferenceLinks
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
-from bulletin.worker.signals import Hub, Listener, Notifier
+from bulletin.worker.signals import Hub, Listener, Notifier, Work
 
 log = structlog.get_logger("bulletin.worker")
 
@@ -41,14 +41,16 @@ class Engine:
                 db,
                 registry,
                 settings,
-                hub.subscribe(),
-                unsubscribe=UnsubscribeLinks(db, settings.base_url),
+                hub.subscribe(Work.DELIVERIES),
+                links=PreferenceLinks(db, settings.base_url),
             )
             if dispatch
             else None
         )
         self.scheduler = (
-            Scheduler(db, registry, settings, hub.subscribe(), notifier) if schedule else None
+            Scheduler(db, registry, settings, hub.subscribe(Work.MESSAGES), notifier)
+            if schedule
+            else None
         )
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []

@@ -2,6 +2,10 @@
 
 Any number of schedulers may run (one per worker process is normal). On PostgreSQL they
 share the work through row locks taken with SKIP LOCKED; on SQLite writers take turns.
+
+A message's audience is resolved up to :data:`RESOLVE_AHEAD` before its ``send_at``, into
+deliveries due at ``send_at``: dispatchers wake for them at that instant, so the time it takes
+to resolve the audience and tell the dispatchers about it is not added to every send.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from bulletin.messages import repository as messages
 from bulletin.metrics import count_expired_leases
 from bulletin.worker import pacing, policy
 from bulletin.worker.policy import RetryPolicy
-from bulletin.worker.signals import Notifier, Wakeup
+from bulletin.worker.signals import Notifier, Wakeup, Work
 
 log = structlog.get_logger("bulletin.scheduler")
 
 _REAP_BATCH = 500
+#: How long before its ``send_at`` a message's audience is resolved.
+RESOLVE_AHEAD = dt.timedelta(seconds=1)
 _TIDY_SECONDS = 60.0
 
 
@@ -46,16 +52,30 @@ class Scheduler:
         self._notifier = notifier
         self._retry = RetryPolicy.from_settings(settings)
         self._next_tidy = 0.0
+        self._next_housekeeping = 0.0
+        #: The time up to which the last look resolved every due message it could.
+        self._resolved_up_to: dt.datetime | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set. A failed tick is tried again after a capped backoff:
         every duty is idempotent and resumable, so a tick cut short by an outage loses
-        nothing."""
+        nothing.
+
+        Due messages are resolved whenever the scheduler wakes (at the next ``send_at``, or
+        poked about a new message); the other duties, which wait for a lease or a deadline
+        measured in seconds, run once per poll interval however often it wakes.
+        """
         backoff = Backoff()
         while not stopping.is_set():
             try:
-                await self.tick()
-                timeout = await self._until_next_due()
+                housekeeping = time.monotonic() >= self._next_housekeeping
+                if housekeeping:
+                    self._next_housekeeping = time.monotonic() + self._settings.idle_poll_seconds
+                await self.tick(housekeeping=housekeeping)
+                timeout = min(
+                    await self._until_next_due(),
+                    max(0.0, self._next_housekeeping - time.monotonic()),
+                )
             except Exception as exc:
                 timeout = backoff.failed()
                 if is_unavailable(exc):
@@ -70,17 +90,21 @@ class Scheduler:
             if not stopping.is_set():
                 await self._wakeup.wait(timeout)
 
-    async def tick(self) -> None:
-        """One round of every duty; public so that tests can drive the scheduler step by step."""
+    async def tick(self, *, housekeeping: bool = True) -> None:
+        """One round of every duty (only resolution without ``housekeeping``); public so that
+        tests can drive the scheduler step by step."""
+        resolved = await self.resolve_due()
+        if not housekeeping:
+            return
         async with self._db.read() as session:
             expired, overdue = await deliveries.anything_overdue(session, utcnow())
         made = [
-            await self.resolve_due(),
+            resolved,
             await self.reap_expired() if expired else 0,
             await self.fall_back_due() if overdue else 0,
         ]
         if any(made):
-            self._notifier.work_available()
+            self._notifier.work_available(Work.DELIVERIES)
         await self.finish_messages()
         if time.monotonic() >= self._next_tidy:
             self._next_tidy = time.monotonic() + _TIDY_SECONDS
@@ -95,13 +119,15 @@ class Scheduler:
             return forgotten + await deliveries.cancel_orphans(session, now)
 
     async def resolve_due(self) -> int:
-        """Resolve due audiences, one chunk per transaction; returns recipients resolved."""
+        """Resolve the audiences of messages due within :data:`RESOLVE_AHEAD`, one chunk per
+        transaction; returns recipients resolved."""
         total = 0
         while True:
             async with self._db.transaction() as session:
                 now = utcnow()
-                message = await messages.next_due_for_resolution(session, now)
+                message = await messages.next_due_for_resolution(session, now + RESOLVE_AHEAD)
                 if message is None:
+                    self._resolved_up_to = now + RESOLVE_AHEAD
                     return total
                 count, exhausted = await deliveries.resolve_chunk(
                     session, message, self._settings.resolve_chunk_size, now
@@ -112,7 +138,7 @@ class Scheduler:
                     message.resolved_at = now
             total += count
             if count:
-                self._notifier.work_available()
+                self._notifier.work_available(Work.DELIVERIES)
             if exhausted:
                 log.info(
                     "scheduler.message_resolved",
@@ -164,9 +190,16 @@ class Scheduler:
             return await messages.finish_completed(session, utcnow())
 
     async def _until_next_due(self) -> float:
+        """Seconds until the next message is to be resolved, at most the poll interval.
+
+        Messages due by the last look that it did not resolve are being resolved by another
+        scheduler: waking for them would only find them locked, again and again until that
+        scheduler commits, so only later ones count.
+        """
         timeout = self._settings.idle_poll_seconds
         async with self._db.read() as session:
-            send_at = await messages.next_send_at(session)
+            send_at = await messages.next_send_at(session, after=self._resolved_up_to)
         if send_at is not None:
-            timeout = min(timeout, max(0.0, (send_at - utcnow()).total_seconds()))
+            resolve_at = send_at - RESOLVE_AHEAD
+            timeout = min(timeout, max(0.0, (resolve_at - utcnow()).total_seconds()))
         return timeout

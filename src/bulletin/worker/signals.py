@@ -3,6 +3,12 @@
 Work is always found by reading the database; a wake-up is only a hint that it is worth
 looking now rather than at the next poll. So a lost wake-up costs latency, never a message.
 
+A wake-up names the kind of work (:class:`Work`): messages to resolve wake schedulers,
+deliveries to claim wake dispatchers, and neither wakes the other's loops for nothing. The
+kinds travel as the ``NOTIFY`` payload, with the sending process's :attr:`Hub.origin`: a
+process has already woken its own loops, so it ignores its own notifications. A notification
+with no payload wakes every loop.
+
 A PostgreSQL ``NOTIFY`` takes a database-wide lock at commit, so :class:`Notifier` sends at
 most one per short interval however many messages were created in it.
 
@@ -15,6 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -50,20 +59,57 @@ class Wakeup:
         return True
 
 
+class Work(enum.StrEnum):
+    """What a wake-up announces."""
+
+    #: Messages whose audience is to be resolved: wakes schedulers.
+    MESSAGES = "messages"
+    #: Deliveries that can be claimed: wakes dispatchers.
+    DELIVERIES = "deliveries"
+
+
+EVERY_KIND = frozenset(Work)
+
+
 class Hub:
-    """Every loop of this process that wants to hear about new work."""
+    """Every loop of this process that wants to hear about new work, and of which kinds."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Wakeup] = []
+        self._subscribers: list[tuple[Wakeup, frozenset[Work]]] = []
+        #: Names this process in its notifications, so that it can ignore its own.
+        self.origin = uuid.uuid4().hex
 
-    def subscribe(self) -> Wakeup:
+    def subscribe(self, *kinds: Work) -> Wakeup:
+        """A wake-up poked on work of ``kinds`` (of every kind when none is named)."""
         wakeup = Wakeup()
-        self._subscribers.append(wakeup)
+        self._subscribers.append((wakeup, frozenset(kinds) or EVERY_KIND))
         return wakeup
 
+    def poke(self, kinds: Iterable[Work]) -> None:
+        """Wake the loops that take work of any of ``kinds``."""
+        wanted = frozenset(kinds)
+        for wakeup, interests in self._subscribers:
+            if interests & wanted:
+                wakeup.poke()
+
     def poke_all(self) -> None:
-        for wakeup in self._subscribers:
-            wakeup.poke()
+        self.poke(EVERY_KIND)
+
+
+def payload(origin: str, kinds: Iterable[Work]) -> str:
+    """The NOTIFY payload: the sending process, then the kinds of work, space-separated."""
+    return " ".join([origin, *sorted(kinds)])
+
+
+def parse_payload(text_: str) -> tuple[str | None, frozenset[Work]]:
+    """The sender and the kinds of work of a NOTIFY payload; every kind when it names none
+    (an empty payload, or one from a version that knows kinds this one does not)."""
+    words = text_.split()
+    if not words:
+        return None, EVERY_KIND
+    known = {kind.value: kind for kind in Work}
+    kinds = frozenset(known[word] for word in words[1:] if word in known)
+    return words[0], kinds or EVERY_KIND
 
 
 class Notifier:
@@ -74,19 +120,28 @@ class Notifier:
         self._hub = hub
         self._min_interval = min_interval
         self._pending = asyncio.Event()
+        self._kinds: set[Work] = set()
 
-    def work_available(self) -> None:
-        self._hub.poke_all()
+    def work_available(self, *kinds: Work) -> None:
+        """Wake the loops that take work of ``kinds`` (every loop when none is named), here
+        at once and in other processes by the next NOTIFY."""
+        wanted = kinds or tuple(EVERY_KIND)
+        self._hub.poke(wanted)
         if self._db.is_postgres:
+            self._kinds.update(wanted)
             self._pending.set()
 
     async def run(self) -> None:
         while True:
             await self._pending.wait()
             self._pending.clear()
+            kinds, self._kinds = self._kinds, set()
             try:
                 async with self._db.engine.connect() as conn:
-                    await conn.execute(text(f"NOTIFY {CHANNEL}"))
+                    await conn.execute(
+                        text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": payload(self._hub.origin, kinds)},
+                    )
                     await conn.commit()
             except Exception as exc:
                 # A lost wake-up costs latency, never a message; this task must not end.
@@ -109,6 +164,11 @@ class Listener:
         self._connect_timeout = db.connect_timeout
         self._hub = hub
 
+    def _heard(self, _conn: Any, _pid: int, _channel: str, text_: str) -> None:
+        origin, kinds = parse_payload(text_)
+        if origin != self._hub.origin:  # this process woke its own loops when it sent it
+            self._hub.poke(kinds)
+
     async def run(self) -> None:
         backoff = Backoff(first=0.5, cap=10.0)
         while True:
@@ -117,7 +177,7 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_args: self._hub.poke_all())
+                await conn.add_listener(CHANNEL, self._heard)
                 # Anything announced while we were not listening must not wait for a poll.
                 self._hub.poke_all()
                 log.info("signals.listening", failures=backoff.succeeded())
