@@ -1,159 +1,178 @@
-"""``python -m benchmarks``: fan-out and end-to-end delivery throughput, in this process.
+"""``python -m benchmarks``: every benchmark scenario, one table, and the figures as JSON.
 
-Each run uses a fresh database built by the real migrations, real recipients, one
-announcement to all of them, and the real engine (scheduler and dispatcher) sending to the
-sandbox provider, which records every message in the database. Figures are medians of
-``--runs`` runs; the machine and settings are printed with them.
+Scenarios (``--only`` picks some, in this order): ``floor`` (raw PostgreSQL doing the same row
+work), ``fanout``, ``e2e`` (end-to-end throughput with worker processes), ``lateness``
+(scheduling), ``api`` (``POST /v1/notifications``) and ``pacing``. Each runs ``--runs`` times on
+fresh databases; the table shows medians, the target each is held to, and on PostgreSQL the
+ratio to the floor. ``--quick`` shrinks every scenario to a smoke test of a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import importlib
 import json
-import os
-import platform
-import statistics
 import tempfile
-import time
-import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy import func, select
+from rich.console import Console
+from rich.table import Table
 
-from bulletin import migrate
-from bulletin.bootstrap import running
-from bulletin.config import Settings
-from bulletin.db import Database, utcnow
-from bulletin.deliveries.models import Delivery
-from bulletin.messages import schemas, service
-from bulletin.messages.models import Message
-from bulletin.orgs import service as orgs
-from bulletin.recipients import repository as recipients
+from benchmarks.common import Result, machine
 
-PG_ADMIN = os.environ.get(
-    "BULLETIN_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+#: Scenario name -> module; the floor first, so that the others can be compared with it.
+SCENARIOS = {
+    "floor": "benchmarks.floor",
+    "fanout": "benchmarks.fanout",
+    "e2e": "benchmarks.throughput",
+    "lateness": "benchmarks.lateness",
+    "api": "benchmarks.api",
+    "pacing": "benchmarks.pacing",
+}
+#: Which floor figure each throughput is compared with.
+FLOOR_OF = {
+    "rows_per_s": "fanout_rows_per_s",
+    "deliveries_per_s": "claim_complete_rows_per_s",
+}
 
-
-async def _fresh_database(backend: str, workdir: Path) -> tuple[str, Any]:
-    if backend == "sqlite":
-        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
-        return f"sqlite+aiosqlite:///{path}", None
-    name = f"bulletin_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{name}", name
+Scenario = Callable[[argparse.Namespace, Path], Awaitable[list[Result]]]
+AddArguments = Callable[[argparse.ArgumentParser], None]
 
 
-async def _drop(name: str | None) -> None:
-    if name:
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-
-async def one_run(backend: str, recipients_n: int, workdir: Path) -> dict[str, float]:
-    url, pg_name = await _fresh_database(backend, workdir)
-    db = Database(url)
-    try:
-        await migrate.upgrade(db)
-        async with db.transaction() as session:
-            org, _ = await orgs.create_organization(session, "bench")
-        rows: list[dict[str, Any]] = [
-            {
-                "external_id": f"e{i}",
-                "name": f"Person {i}",
-                "email": f"e{i}@example.com",
-                "phone": None,
-                "whatsapp": None,
-                "timezone": None,
-                "locale": None,
-                "attributes": {},
-                "groups": ["staff"],
-            }
-            for i in range(recipients_n)
-        ]
-        started = time.perf_counter()
-        for i in range(0, recipients_n, 10_000):
-            async with db.transaction() as session:
-                await recipients.upsert(session, org.id, rows[i : i + 10_000], utcnow())
-        import_seconds = time.perf_counter() - started
-
-        settings = Settings(_env_file=None, database_url=url, log_level="warning")
-        async with running(settings, dispatch=True, schedule=True, db=db) as svc:
-            body = schemas.AnnouncementIn.model_validate(
-                {"title": "Bench", "body": "Hello", "audience": {"groups": ["staff"]}}
-            )
-            started = time.perf_counter()
-            async with db.transaction() as session:
-                message = await service.create_announcement(session, org.id, body)
-            accepted_ms = (time.perf_counter() - started) * 1000
-            svc.notifier.work_available()
-            resolved_at: float | None = None
-            completed_at: float | None = None
-            while completed_at is None:
-                await asyncio.sleep(0.02)
-                async with db.read() as session:
-                    fresh = await session.get(Message, message.id, populate_existing=True)
-                    state = fresh.state if fresh else ""
-                if resolved_at is None and state in ("sending", "completed"):
-                    resolved_at = time.perf_counter()
-                if state == "completed":
-                    completed_at = time.perf_counter()
-            assert resolved_at is not None
-            async with db.read() as session:
-                sent = (
-                    await session.execute(
-                        select(func.count()).where(
-                            Delivery.message_id == message.id, Delivery.state == "sent"
-                        )
-                    )
-                ).scalar_one()
-            assert sent == recipients_n, f"only {sent} of {recipients_n} sent"
-        return {
-            "import_rows_per_s": recipients_n / import_seconds,
-            "accept_ms": accepted_ms,
-            "fanout_rows_per_s": recipients_n / (resolved_at - started),
-            "end_to_end_per_s": recipients_n / (completed_at - started),
-        }
-    finally:
-        await db.dispose()
-        await _drop(pg_name)
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--recipients", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="Also write the figures to this file.")
-    args = parser.parse_args()
-    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    scenario = f"one announcement to {args.recipients:,} recipients, sandbox provider"
-    print(f"{scenario}, medians of {args.runs} runs")
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for backend in backends:
-            runs = [await one_run(backend, args.recipients, Path(tmp)) for _ in range(args.runs)]
-            results[backend] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print(
-        f"{'backend':<11} {'import rows/s':>14} {'accept ms':>10} "
-        f"{'fan-out rows/s':>15} {'end-to-end/s':>13}"
+def _parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=3, help="Runs of each setting (medians).")
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test.")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmark-results.json"), help="Figures as JSON."
     )
-    for backend, r in results.items():
-        print(
-            f"{backend:<11} {r['import_rows_per_s']:>14,.0f} {r['accept_ms']:>10.1f} "
-            f"{r['fanout_rows_per_s']:>15,.0f} {r['end_to_end_per_s']:>13,.0f}"
+    parser.add_argument("--markdown", type=Path, help="Also write the table as Markdown here.")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="Sample Bulletin's processes with py-spy into this folder "
+        "(read with python -m benchmarks.profile).",
+    )
+    return parser
+
+
+def ratio_to_floor(result: Result, floor: Result | None) -> str:
+    if floor is None or not result.setting.startswith("postgresql"):
+        return ""
+    for figure, floor_figure in FLOOR_OF.items():
+        if figure in result.runs[0]:
+            return f"{result.medians[figure] / floor.medians[floor_figure]:.2f}"
+    return ""
+
+
+def as_markdown(results: list[Result], floor: Result | None, about: dict[str, Any]) -> str:
+    m = about["machine"]
+    lines = [
+        f"Measured {about['when']} on {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
+        f"Python {m['python']}, Linux {m['kernel']}; medians of {about['runs']} run(s).",
+        "",
+        "| scenario | setting | figures (medians) | target | met | x floor |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        met = {None: "", True: "yes", False: "**no**"}[r.met]
+        target = "" if r.target is None else r.target[2]
+        ratio = ratio_to_floor(r, floor)
+        lines.append(f"| {r.scenario} | {r.setting} | {r.figures()} | {target} | {met} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    results: list[Result],
+    path: Path | None,
+    about: dict[str, Any],
+    markdown: Path | None = None,
+) -> None:
+    floor = next((r for r in results if r.scenario == "floor"), None)
+    table = Table(title=f"Bulletin benchmarks, medians of {about['runs']} run(s)")
+    for column in ("scenario", "setting", "figures", "target", "met", "x floor"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        met = {None: "", True: "[green]yes[/]", False: "[red]NO[/]"}[result.met]
+        target = "" if result.target is None else result.target[2]
+        table.add_row(
+            result.scenario,
+            result.setting,
+            result.figures(),
+            target,
+            met,
+            ratio_to_floor(result, floor),
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    console = Console(width=200)
+    console.print(
+        f"{about['machine']['cpus']} CPUs ({about['machine']['cpu']}), "
+        f"{about['machine']['memory_gib']} GiB, Python {about['machine']['python']}"
+    )
+    console.print(table)
+    if markdown is not None:
+        markdown.write_text(as_markdown(results, floor, about))
+        console.print(f"table written to {markdown}")
+    if path is not None:
+        document = {
+            **about,
+            "results": [
+                {**r.as_json(), "ratio_to_floor": ratio_to_floor(r, floor) or None} for r in results
+            ],
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        console.print(f"figures written to {path}")
+
+
+async def _run(
+    scenarios: list[tuple[Scenario, AddArguments]], args: argparse.Namespace
+) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bulletin-bench-") as tmp:
+        for scenario, _ in scenarios:
+            results.extend(await scenario(args, Path(tmp)))
+    return results
+
+
+def _about(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "runs": args.runs,
+        "quick": args.quick,
+    }
+
+
+def run_alone(scenario: Scenario, add_arguments: AddArguments) -> None:
+    """Run one scenario module on its own (``python -m benchmarks.fanout``)."""
+    parser = _parser(scenario.__module__)
+    add_arguments(parser)
+    args = parser.parse_args()
+    about = _about(args)
+    results = asyncio.run(_run([(scenario, add_arguments)], args))
+    report(results, args.json, about, args.markdown)
+
+
+def main() -> None:
+    parser = _parser(__doc__.splitlines()[0] if __doc__ else "benchmarks")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"Some of: {', '.join(SCENARIOS)}."
+    )
+    modules = {name: importlib.import_module(module) for name, module in SCENARIOS.items()}
+    for module in modules.values():
+        module.add_arguments(parser)
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    picked = [(modules[n].scenario, modules[n].add_arguments) for n in SCENARIOS if n in chosen]
+    about = {**_about(args), "scenarios": chosen}
+    report(asyncio.run(_run(picked, args)), args.json, about, args.markdown)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -9,8 +9,8 @@ repeated ``sent``) posted to Bulletin's API processes, batched as Meta batches t
 retried until one of them takes it.
 
 The process prints one JSON line with its ports once it listens; ``GET /ledger`` on the
-control port returns everything it accepted, and ``GET /webhooks`` how many receipts are
-still to be delivered.
+control port returns everything it accepted, ``GET /webhooks`` how many receipts are still to
+be delivered, and ``GET /refused`` the valid sends it refused on purpose, by error code.
 """
 
 from __future__ import annotations
@@ -232,6 +232,17 @@ class Providers:
                 ]
             )
 
+        async def refused(_: web.Request) -> web.Response:
+            # Valid sends refused on purpose (a fault or ``--max-per-second``): how many of
+            # each error code, and when each was refused (wall clock), with its code.
+            now_wall, now_mono = time.time(), time.monotonic()
+            refusals = self.whatsapp.refused
+            counts: dict[str, int] = {}
+            for r in refusals:
+                counts[str(r.code)] = counts.get(str(r.code), 0) + 1
+            at = [[now_wall - (now_mono - r.at), r.code] for r in refusals]
+            return web.json_response({"count": counts, "times": at})
+
         async def count(_: web.Request) -> web.Response:
             return web.json_response(
                 {"whatsapp": len(self.whatsapp.accepted), "email": len(self.smtp.received)}
@@ -240,6 +251,7 @@ class Providers:
         app.router.add_get("/ledger", ledger)
         app.router.add_get("/count", count)
         app.router.add_get("/times", times)
+        app.router.add_get("/refused", refused)
         app.router.add_route("*", "/webhooks", webhooks)
         return app
 
