@@ -58,4 +58,4 @@ def test_every_scenario_gives_figures(postgres_template: str, tmp_path: Path) ->
     api = by_scenario["api"]
     assert api["requests_per_s"] > 0
     assert (api["errors"], api["unaccounted"], api["replays_missed"]) == (0, 0, 0)
-    assert by_scenario["pacing"]["rate_per_s"] > 0
+    assert by_scenario["pacing"]["rate_per_s"] > 0, by_scenario["pacing"]

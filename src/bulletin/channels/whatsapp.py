@@ -95,8 +95,13 @@ _TRY_AGAIN = frozenset({1, 2, 131000, 131016, 133004})
 #: Graph's "object does not exist or you may not use it": here, the phone number id.
 _UNKNOWN_OBJECT_SUBCODE = 33
 
+#: How long the account pauses after a rate-limit answer without ``Retry-After``. Throughput
+#: (130429) is counted per second, so one second without sends is enough: a longer pause after
+#: a send that reached Meta a little late would cost seconds of the account's whole rate. The
+#: spam limit (131048) lasts longer. The application and business-account limits count calls
+#: over longer periods than a second.
+_RATE_LIMIT_PAUSES = {130429: 1.0, 131048: 60.0}
 _RATE_LIMIT_PAUSE = 5.0
-_SPAM_LIMIT_PAUSE = 60.0
 _DEFAULT_PAIR_INTERVAL = 6.0
 
 _RECEIPT_STATES = {
@@ -216,8 +221,10 @@ class WhatsAppCloudProvider(Provider):
             bound.info("whatsapp.pair_rate_limited", retry_after=pause)
             return TransientSendError(detail, retry_after=pause, slow_down=False)
         if code in _RATE_LIMITED or (code is None and status == 429):
-            default = _SPAM_LIMIT_PAUSE if code == 131048 else _RATE_LIMIT_PAUSE
-            pause = retry_after if retry_after is not None else default
+            if retry_after is not None:
+                pause = retry_after
+            else:
+                pause = _RATE_LIMIT_PAUSES.get(code or 0, _RATE_LIMIT_PAUSE)
             bound.warning("whatsapp.rate_limited", status=status, code=code, retry_after=pause)
             return TransientSendError(detail, retry_after=pause, slow_down=True)
         if (
