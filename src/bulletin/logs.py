@@ -14,6 +14,14 @@ import sys
 import structlog
 
 
+class _WithoutAlembicPreamble(logging.Filter):
+    """Drops the two lines Alembic logs each time it looks at a database (which dialect, and
+    whether DDL is transactional): ``/ready`` looks at each probe. Its migration steps stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl ", "Will assume "))
+
+
 def configure(level: str = "info", fmt: str = "console") -> None:
     """Set up structlog and the standard library's logging. Call once, from an entry point."""
     numeric = logging.getLevelName(level.upper())
@@ -48,3 +56,6 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     root.handlers = [handler]
     root.setLevel(numeric)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    alembic = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _WithoutAlembicPreamble) for f in alembic.filters):
+        alembic.addFilter(_WithoutAlembicPreamble())

@@ -208,8 +208,15 @@ def test_serve_runs_the_whole_service_on_a_sqlite_file(
     assert record["message_id"] == message_id
     assert record["recipient"] == "ada"
     assert record["channel"] == "email"
+    for _ in range(3):  # a load balancer's probes
+        assert ready(base)
     server.terminate()
     assert key not in server.output().replace(f"API key       {key}", "")
+    # The migrations are logged; Alembic's two lines per look at the database, on each probe,
+    # are not.
+    assert "Running upgrade" in server.output()
+    assert "Context impl" not in server.output()
+    assert "Will assume" not in server.output()
 
     # A second start on the same database creates nothing and prints no key.
     again = Process(["serve", "--port", str(free_port())], env, tmp_path)
