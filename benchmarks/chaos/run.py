@@ -186,15 +186,18 @@ async def run(options: Options) -> Result:
             "BULLETIN_DB_POOL_SIZE": "8",
             "BULLETIN_LOG_LEVEL": "warning",
             "BULLETIN_LOG_FORMAT": "json",
+            # The providers are local stand-ins on 127.0.0.1.
+            "BULLETIN_ALLOW_PRIVATE_PROVIDER_ADDRESSES": "true",
             "PYTHONPATH": str(Path(__file__).parents[2]),
         }
-        api_key = await asyncio.to_thread(_migrate_and_make_org, env)
+        org_id, api_key = await asyncio.to_thread(_migrate_and_make_org, env)
 
         async with _provider(options, folder) as provider, aiohttp.ClientSession() as http:
             fleet = Fleet(env, folder, api_ports, options.workers)
             fleet.start_all()
             await _wait_ready(http, fleet.api_urls, 60)
-            webhook_urls = [u + "/v1/webhooks/whatsapp" for u in fleet.api_urls]
+            # The organization's own WhatsApp account (set up below) posts to its own address.
+            webhook_urls = [f"{u}/v1/webhooks/whatsapp/{org_id}" for u in fleet.api_urls]
             async with http.post(provider["control"] + "/webhooks", json={"urls": webhook_urls}):
                 pass
             people_n = max(50, options.deliveries // 8)
@@ -278,8 +281,8 @@ async def run(options: Options) -> Result:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _migrate_and_make_org(env: dict[str, str]) -> str:
-    """Run the real migrations and create the organization with the CLI; its admin key."""
+def _migrate_and_make_org(env: dict[str, str]) -> tuple[str, str]:
+    """Run the real migrations and create the organization with the CLI; its id and admin key."""
     full = {**os.environ, **env}
     migrate = subprocess.run(
         [sys.executable, "-m", "bulletin", "migrate"], env=full, capture_output=True, text=True
@@ -293,8 +296,8 @@ def _migrate_and_make_org(env: dict[str, str]) -> str:
         text=True,
         check=True,
     )
-    key: str = json.loads(made.stdout)["api_key"]
-    return key
+    created = json.loads(made.stdout)
+    return str(created["org_id"]), str(created["api_key"])
 
 
 async def _kill_loop(

@@ -6,9 +6,11 @@ from bulletin.idempotency.models import IdempotencyRecord
 from bulletin.messages.models import Message, MessageRecipient
 from bulletin.orgs.models import ApiKey, InstanceSecret, Organization
 from bulletin.providers.models import ChannelConfig
+from bulletin.ratelimits.models import RateLimitWindow, SignInThrottle, UsedSignInNonce
 from bulletin.recipients.models import Recipient, RecipientGroup
 from bulletin.sandbox.models import SandboxMessage
 from bulletin.web.portal.models import PortalSession, PortalUser
+from bulletin.webhooks.models import InboundSeen
 from bulletin.worker.models import PacingSlot, PairSlot
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "Delivery",
     "DeliveryEvent",
     "IdempotencyRecord",
+    "InboundSeen",
     "InstanceSecret",
     "Message",
     "MessageRecipient",
@@ -26,8 +29,11 @@ __all__ = [
     "PairSlot",
     "PortalSession",
     "PortalUser",
+    "RateLimitWindow",
     "Recipient",
     "RecipientGroup",
     "SandboxMessage",
+    "SignInThrottle",
     "Suppression",
+    "UsedSignInNonce",
 ]

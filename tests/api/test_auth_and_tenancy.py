@@ -204,7 +204,13 @@ MY_GROUP = "mine-only"
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     # A secret key, so that organizations can store their own provider accounts.
-    return make_settings(database_url, secret_key=generate_key(), public_url=PUBLIC_URL)
+    # Private addresses allowed: the accounts point at 127.0.0.1 (tests/hostile covers the limit).
+    return make_settings(
+        database_url,
+        secret_key=generate_key(),
+        public_url=PUBLIC_URL,
+        allow_private_provider_addresses=True,
+    )
 
 
 @dataclass
@@ -438,9 +444,39 @@ async def patch_organization(t: Tenants) -> None:
     assert await t.my_rows() == before
 
 
+async def keys_of(api: Api) -> list[dict[str, Any]]:
+    """An organization's keys as its admin sees them, less the use time (written in batches)."""
+    keys = await every(api, "/v1/keys", scope=Scope.ADMIN)
+    return [{k: v for k, v in key.items() if k != "last_used_at"} for key in keys]
+
+
+async def list_keys(t: Tenants) -> None:
+    mine = {key["id"] for key in await keys_of(t.mine)}
+    theirs = {key["id"] for key in await keys_of(t.theirs)}
+    assert len(mine) == len(theirs) == 3
+    assert not mine & theirs
+
+
+async def create_key(t: Tenants) -> None:
+    before = await keys_of(t.mine)
+    made = body_of(await t.as_theirs("POST", "/v1/keys", {"name": "x", "scope": "admin"}), 201)
+    assert made["id"] in {key["id"] for key in await keys_of(t.theirs)}
+    assert await keys_of(t.mine) == before
+
+
+async def key_by_id(t: Tenants) -> None:
+    before = await keys_of(t.mine)
+    for key in before:
+        problem(await t.as_theirs("GET", f"/v1/keys/{key['id']}"), 404)
+        problem(await t.as_theirs("DELETE", f"/v1/keys/{key['id']}"), 404)
+    assert await keys_of(t.mine) == before
+    assert (await t.mine.get("/v1/recipients", Scope.READ)).status_code == 200
+
+
 async def signed_by_another_account(t: Tenants) -> None:
-    # A third organization's own provider accounts sign receipts about my delivery. They are
-    # verified, so they are applied, but only to that organization's deliveries: none.
+    # A third organization's own provider accounts sign receipts about my delivery. At their
+    # own URL they are verified, but speak only for that organization: they move nothing of
+    # mine. At my URL, or the installation's, their signatures do not verify at all.
     intruder = await t.mine.other_org("Intruder")
     for channel, config in [
         ("whatsapp", whatsapp_account("200", "their-secret")),
@@ -449,33 +485,39 @@ async def signed_by_another_account(t: Tenants) -> None:
         body_of(await intruder.put(f"/v1/channels/{channel}", config, Scope.ADMIN), 201)
     delivery = t.delivery
     before = await t.my_rows()
-    for response in [
-        await post_whatsapp_read(t, delivery, "200", "their-secret"),
-        await post_twilio_read(t, delivery, "AC" + "2" * 32, "their-token"),
-    ]:
-        assert response.status_code == 200, response.text
+    theirs, mine = str(intruder.org_id), str(t.mine.org_id)
+    for account, status in [(theirs, 200), (mine, 401), (None, 401)]:
+        for response in [
+            await post_whatsapp_read(t, delivery, "200", "their-secret", account),
+            await post_twilio_read(t, delivery, "AC" + "2" * 32, "their-token", account),
+        ]:
+            assert response.status_code == status, response.text
     assert await t.my_rows() == before
-    # The same receipt from my own account moves my delivery: the probe above could tell.
-    assert (await post_whatsapp_read(t, delivery, "100", "my-secret")).status_code == 200
-    after = await t.mine.get(f"/v1/deliveries/{delivery['id']}")
-    assert body_of(after, 200)["state"] == "read"
+    # Even my own account cannot move it: the sandbox sent it, not that account. (That the
+    # right account's receipt does move a delivery is shown in hostile/test_hostile_webhooks.)
+    assert (await post_whatsapp_read(t, delivery, "100", "my-secret", mine)).status_code == 200
+    assert await t.my_rows() == before
+
+
+def _webhook(channel: str, account: str | None) -> str:
+    return f"/v1/webhooks/{channel}" + (f"/{account}" if account is not None else "")
 
 
 async def post_whatsapp_read(
-    t: Tenants, delivery: dict[str, Any], number_id: str, secret: str
+    t: Tenants, delivery: dict[str, Any], number_id: str, secret: str, account: str | None
 ) -> httpx.Response:
     payload = status_payload(
         number_id, delivery["provider_message_id"], "read", "+27820000000", str(delivery["id"])
     )
     body = webhook_body(payload)
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
-    return await t.mine.client.post("/v1/webhooks/whatsapp", content=body, headers=headers)
+    return await t.mine.client.post(_webhook("whatsapp", account), content=body, headers=headers)
 
 
 async def post_twilio_read(
-    t: Tenants, delivery: dict[str, Any], sid: str, token: str
+    t: Tenants, delivery: dict[str, Any], sid: str, token: str, account: str | None
 ) -> httpx.Response:
-    path = f"/v1/webhooks/twilio?delivery={delivery['id']}"
+    path = f"{_webhook('twilio', account)}?delivery={delivery['id']}"
     params = {
         "AccountSid": sid,
         "MessageSid": delivery["provider_message_id"],
@@ -496,6 +538,9 @@ G7: dict[tuple[str, str], Probe | str] = {
     ("GET", "/v1/webhooks/whatsapp"): "Meta's handshake: echoes a challenge, reads no rows",
     ("POST", "/v1/webhooks/whatsapp"): signed_by_another_account,
     ("POST", "/v1/webhooks/twilio"): signed_by_another_account,
+    ("GET", "/v1/webhooks/whatsapp/{account}"): "Meta's handshake: echoes a challenge",
+    ("POST", "/v1/webhooks/whatsapp/{account}"): signed_by_another_account,
+    ("POST", "/v1/webhooks/twilio/{account}"): signed_by_another_account,
     ("GET", "/v1/recipients"): list_recipients,
     ("POST", "/v1/recipients/batch"): import_recipients,
     ("PUT", "/v1/recipients/{external_id}"): put_recipient,
@@ -533,6 +578,10 @@ G7: dict[tuple[str, str], Probe | str] = {
     ("DELETE", "/v1/channels/{channel}"): not_found("DELETE", lambda t: "/v1/channels/sms"),
     ("GET", "/v1/organization"): get_organization,
     ("PATCH", "/v1/organization"): patch_organization,
+    ("GET", "/v1/keys"): list_keys,
+    ("POST", "/v1/keys"): create_key,
+    ("GET", "/v1/keys/{key_id}"): key_by_id,
+    ("DELETE", "/v1/keys/{key_id}"): key_by_id,
 }
 
 

@@ -844,7 +844,10 @@ class DeliveryMachine(RuleBasedStateMachine):
         only = {receipt.delivery_id} if known else None
         before = await snapshot(self.db, only)
         async with self.db.transaction() as session:
-            result = await receipts.apply_receipts(session, provider.name, [receipt], [self.org_id])
+            source = receipts.Source(
+                provider.name, provider.name.removesuffix("-provider"), "default", [self.org_id]
+            )
+            result = await receipts.apply_receipts(session, source, [receipt])
         after = await snapshot(self.db, only)
         row = before.rows.get(receipt.delivery_id)
         reported = S(receipt.state.value)
@@ -894,7 +897,9 @@ class DeliveryMachine(RuleBasedStateMachine):
 
             async def deliver() -> None:
                 async with self.db.transaction() as session:
-                    await receipts.apply_inbound(session, [reply], [self.org_id])
+                    provider = "twilio" if channel == "sms" else "whatsapp_cloud"
+                    source = receipts.Source(provider, channel, "default", [self.org_id])
+                    await receipts.apply_inbound(session, source, [reply])
 
             self.run(deliver())
             who.choices[channel] = keyword == "START"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from sqlalchemy import select, update
 
-from bulletin.channels.base import Inbound, Receipt, ReportedState
+from bulletin.channels.base import DEFAULT_ACCOUNT, Inbound, Receipt, ReportedState
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
@@ -29,6 +30,11 @@ async def _sent_delivery(db: Database, channels: list[str] | None = None) -> Del
         )
     async with db.read() as session:
         return (await session.execute(select(Delivery))).scalar_one()
+
+
+def twilio_account(*orgs: uuid.UUID) -> receipts.Source:
+    """The environment's Twilio account, serving ``orgs``."""
+    return receipts.Source("twilio", "sms", DEFAULT_ACCOUNT, orgs)
 
 
 def receipt(delivery: Delivery, state: ReportedState, **kw: object) -> Receipt:
@@ -57,20 +63,19 @@ async def test_receipts_only_move_forward_and_repeats_change_nothing(db: Databas
     orgs = [delivery.org_id]
     async with db.transaction() as session:
         first = await receipts.apply_receipts(
-            session, "twilio", [receipt(delivery, ReportedState.DELIVERED)], orgs
+            session, twilio_account(*orgs), [receipt(delivery, ReportedState.DELIVERED)]
         )
     assert (first.moved, first.unchanged) == (1, 0)
     before = await _state(db, delivery.id)
     async with db.transaction() as session:
         again = await receipts.apply_receipts(
             session,
-            "twilio",
+            twilio_account(*orgs),
             [
                 receipt(delivery, ReportedState.DELIVERED),
                 receipt(delivery, ReportedState.SENT),
                 receipt(delivery, ReportedState.FAILED),
             ],
-            orgs,
         )
     assert (again.moved, again.unchanged) == (0, 3)
     assert await _state(db, delivery.id) == before == ("delivered", 1)
@@ -83,7 +88,7 @@ async def test_a_receipt_from_another_organizations_account_matches_nothing(
     stranger = await new_org(db, "Stranger")
     async with db.transaction() as session:
         result = await receipts.apply_receipts(
-            session, "twilio", [receipt(delivery, ReportedState.DELIVERED)], [stranger]
+            session, twilio_account(stranger), [receipt(delivery, ReportedState.DELIVERED)]
         )
     assert result.unmatched == 1
     assert (await _state(db, delivery.id))[0] == "sent"
@@ -97,7 +102,7 @@ async def test_a_receipt_whose_provider_id_disagrees_or_lacks_a_delivery_id_is_i
     anonymous = receipt(delivery, ReportedState.DELIVERED, delivery_id=None)
     async with db.transaction() as session:
         result = await receipts.apply_receipts(
-            session, "twilio", [wrong, anonymous], [delivery.org_id]
+            session, twilio_account(delivery.org_id), [wrong, anonymous]
         )
     assert result.unmatched == 2
     assert (await _state(db, delivery.id))[0] == "sent"
@@ -109,7 +114,7 @@ async def test_a_stop_failure_suppresses_the_number(db: Database) -> None:
         delivery, ReportedState.FAILED, detail="21610: unsubscribed", suppress_address=True
     )
     async with db.transaction() as session:
-        await receipts.apply_receipts(session, "twilio", [failed], [delivery.org_id])
+        await receipts.apply_receipts(session, twilio_account(delivery.org_id), [failed])
     async with db.read() as session:
         blocked = (await session.execute(select(Suppression))).scalars().all()
     assert [(s.channel, s.address) for s in blocked] == [("sms", "+27821234567")]
@@ -124,7 +129,9 @@ async def test_inbound_whatsapp_opens_the_window_and_keeps_the_latest(db: Databa
     async with db.transaction() as session:
         for at in (later, earlier):
             await receipts.apply_inbound(
-                session, [Inbound("whatsapp", "+27821234567", "hi", at)], [org]
+                session,
+                receipts.Source("whatsapp_cloud", "whatsapp", DEFAULT_ACCOUNT, [org]),
+                [Inbound("whatsapp", "+27821234567", "hi", at)],
             )
     async with db.read() as session:
         found = (await session.execute(select(Recipient))).scalar_one()

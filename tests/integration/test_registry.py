@@ -61,7 +61,7 @@ async def test_a_fresh_look_is_not_repeated_for_work_read_before_it(db: Database
         looks += 1
         return {}
 
-    def build(config: AnyProviderConfig) -> Provider:
+    def build(config: AnyProviderConfig, account_key: str) -> Provider:
         raise AssertionError("nothing is configured")
 
     org = await new_org(db)

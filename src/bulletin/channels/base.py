@@ -19,6 +19,10 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+#: The account key of the installation-wide provider accounts (the environment's settings);
+#: an organization's own account is keyed by the organization's id.
+DEFAULT_ACCOUNT = "default"
+
 
 @dataclass(frozen=True, slots=True)
 class WhatsAppTemplate:
@@ -92,12 +96,17 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """A message a person sent to an organization's number (a reply, STOP, START)."""
+    """A message a person sent to an organization's number (a reply, STOP, START).
+
+    ``provider_id`` is the provider's own id of the message (WhatsApp's ``messages[].id``,
+    Twilio's ``MessageSid``): what tells a replayed webhook from a new message.
+    """
 
     channel: str
     address: str
     text: str
     at: dt.datetime
+    provider_id: str | None = None
 
 
 class Provider(abc.ABC):
@@ -109,6 +118,9 @@ class Provider(abc.ABC):
     deduplicates: bool = False
     #: Identifies the provider account for pacing; sends of one account share its rate.
     account: str = "provider"
+    #: The configured account it sends through, as webhooks name it (an organization's id, or
+    #: :data:`DEFAULT_ACCOUNT`), recorded on each delivery it accepts; ``None``: no webhooks.
+    account_key: str | None = None
     #: Messages per second the account may send, over all workers together; ``None``: no limit.
     rate_per_second: float | None = None
     #: Least time between two messages to the same address (WhatsApp's pair rate limit).

@@ -27,7 +27,8 @@ Versions = dict[tuple[uuid.UUID, str], int]
 StoredLoader = Callable[
     [Versions], Awaitable[dict[tuple[uuid.UUID, str], tuple[int, AnyProviderConfig | None]]]
 ]
-Builder = Callable[[AnyProviderConfig], Provider]
+#: Builds the adapter of a configuration; the second argument is the account's webhook key.
+Builder = Callable[[AnyProviderConfig, str], Provider]
 
 
 class ChannelRegistry:
@@ -96,7 +97,7 @@ class ChannelRegistry:
                 if old is not None:
                     self._retired.append(self._own.pop(key)[2])
                 continue
-            provider = self._build(config)
+            provider = self._build(config, str(key[0]))
             if self._started:
                 await provider.start()
             if old is not None:

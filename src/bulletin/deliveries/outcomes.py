@@ -25,6 +25,8 @@ class Outcome:
     ``attempt`` is the claim's fencing token. ``gave_back`` is true when the claim led to no
     provider call (suppressed, deferred, released), so the attempt does not count against the
     retry budget. ``suppress`` names an address never to send to again on that channel.
+    ``provider_account`` (with ``provider``) records which configured account accepted a send,
+    so that only that account's receipts can move the delivery later.
     """
 
     delivery_id: int
@@ -34,6 +36,8 @@ class Outcome:
     next_attempt_at: dt.datetime | None = None
     provider: str | None = None
     provider_message_id: str | None = None
+    #: The webhook account key of the provider account that accepted the send.
+    provider_account: str | None = None
     channel: str | None = None
     gave_back: bool = False
     suppress: SuppressAddress | None = None

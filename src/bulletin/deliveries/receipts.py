@@ -1,15 +1,23 @@
 """What providers tell us after a send: receipts move deliveries forward, replies change
 preferences.
 
+Everything here comes from one verified provider account, a :class:`Source`: a receipt moves
+only a delivery of the same channel, sent by the same provider through that same account, of
+an organization the account serves. Anything else is counted ``unmatched`` and changes nothing.
+
 Receipts arrive late, out of order and more than once. Each is applied only when it moves the
 delivery forward (``sent -> delivered -> read``, or to ``failed`` before delivery), so a
-repeat or a latecomer changes nothing. A receipt settles an ``unknown`` delivery: the provider
+repeat or a latecomer changes nothing. That is also their replay protection: providers give a
+status no id of its own (WhatsApp repeats the message's ``wamid``, Twilio its ``MessageSid``),
+so (delivery, state) is the receipt's identity, and the state machine already applies each
+at most once. A receipt settles an ``unknown`` delivery: the provider
 had it after all. A ``failed`` receipt falls back to the person's next channel (routing
 ``first``), exactly as a failure at send time does.
 
 Inbound messages: a stop keyword turns the channel off for that person (and suppresses the
 address), a start keyword turns it back on, and any WhatsApp message opens the person's
-24-hour window for free-form messages.
+24-hour window for free-form messages. The caller (the webhook service) hands over only
+messages it has not seen before, by their provider ids, so a replay changes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Inbound, Receipt
@@ -47,25 +55,53 @@ class Applied:
     unmatched: int = 0
 
 
-async def _find(
-    session: AsyncSession, provider: str, receipt: Receipt, orgs: Sequence[uuid.UUID] | None
-) -> Delivery | None:
+@dataclass(frozen=True)
+class Source:
+    """The provider account whose secret verified a webhook, and what it may speak for.
+
+    ``provider`` is the name stored on the deliveries it sends (``whatsapp_cloud``,
+    ``twilio``), ``channel`` the channel it sends on, ``account`` its webhook account key (an
+    organization id, or ``default``), ``orgs`` the organizations it serves on that channel.
+    """
+
+    provider: str
+    channel: str
+    account: str
+    orgs: Sequence[uuid.UUID]
+
+
+async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Delivery | None:
     # Every send passes the delivery id to the provider, which echoes it in its receipts
     # (WhatsApp's biz_opaque_callback_data, the status callback URL of Twilio). Matching on it
     # alone keeps the deliveries table free of an index on the provider's ids.
     if receipt.delivery_id is None:
         log.warning(
             "receipts.without_delivery_id",
-            provider=provider,
+            provider=source.provider,
             provider_message_id=receipt.provider_message_id,
         )
         return None
     if not 0 < receipt.delivery_id <= _MAX_ID:
         # Not an id of ours: no row has it, and the database could not even compare it.
         return None
-    query = select(Delivery).where(Delivery.id == receipt.delivery_id)
-    if orgs is not None:
-        query = query.where(Delivery.org_id.in_(list(orgs)))
+    query = select(Delivery).where(
+        Delivery.id == receipt.delivery_id,
+        Delivery.org_id.in_(list(source.orgs)),
+        Delivery.channel == source.channel,
+        or_(
+            # Sent through this very account.
+            and_(
+                Delivery.provider_account == source.account,
+                Delivery.provider == source.provider,
+            ),
+            # No account recorded (a send whose outcome was never written, or one from before
+            # accounts were recorded): the account serving the organization now is the one.
+            and_(
+                Delivery.provider_account.is_(None),
+                or_(Delivery.provider.is_(None), Delivery.provider == source.provider),
+            ),
+        ),
+    )
     if dialect_name(session) == "postgresql":
         query = query.with_for_update()
     delivery = (await session.execute(query)).scalars().first()
@@ -79,17 +115,15 @@ async def _find(
 
 
 async def apply_receipts(
-    session: AsyncSession,
-    provider: str,
-    receipts: Sequence[Receipt],
-    orgs: Sequence[uuid.UUID] | None,
+    session: AsyncSession, source: Source, receipts: Sequence[Receipt]
 ) -> Applied:
-    """Apply verified receipts from ``provider``'s account serving ``orgs`` (``None``: any)."""
+    """Apply receipts verified as coming from ``source``; others' deliveries are unmatched."""
+    provider = source.provider
     result = Applied()
     now = utcnow()
     failed: list[int] = []
     for receipt in receipts:
-        delivery = await _find(session, provider, receipt, orgs)
+        delivery = await _find(session, source, receipt)
         if delivery is None:
             result.unmatched += 1
             continue
@@ -103,6 +137,7 @@ async def apply_receipts(
         delivery.updated_at = now
         delivery.lease_expires_at = None
         delivery.provider = delivery.provider or provider
+        delivery.provider_account = delivery.provider_account or source.account
         delivery.provider_message_id = delivery.provider_message_id or receipt.provider_message_id
         if delivery.sent_at is None:
             delivery.sent_at = receipt.at
@@ -148,15 +183,20 @@ async def _address(session: AsyncSession, delivery: Delivery) -> str | None:
 _PREFERENCE = {"whatsapp": "pref_whatsapp", "sms": "pref_sms"}
 
 
-async def apply_inbound(
-    session: AsyncSession, messages: Sequence[Inbound], orgs: Sequence[uuid.UUID] | None
-) -> int:
-    """Act on people's messages; returns how many people's preferences changed."""
+async def apply_inbound(session: AsyncSession, source: Source, messages: Sequence[Inbound]) -> int:
+    """Act on people's messages to ``source``'s number, for the organizations it serves.
+
+    Returns how many people's preferences changed. Replays must be filtered out before (see
+    :mod:`bulletin.webhooks.service`): a STOP replayed after a START would turn the channel
+    off again.
+    """
     changed = 0
     now = utcnow()
     for inbound in messages:
+        if inbound.channel != source.channel:
+            continue
         people = await recipients.with_number(
-            session, _list(orgs), inbound.channel, inbound.address
+            session, list(source.orgs), inbound.channel, inbound.address
         )
         if inbound.channel == "whatsapp":
             for person in people:
@@ -199,10 +239,6 @@ async def apply_inbound(
         )
     await session.flush()
     return changed
-
-
-def _list(orgs: Sequence[uuid.UUID] | None) -> list[uuid.UUID] | None:
-    return None if orgs is None else list(orgs)
 
 
 def window_open(inbound_at: dt.datetime | None, now: dt.datetime) -> bool:

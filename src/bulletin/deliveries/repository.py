@@ -327,13 +327,15 @@ _COMPLETE_PG = text(
         lease_expires_at = NULL,
         provider = COALESCE(v.provider, d.provider),
         provider_message_id = COALESCE(v.provider_message_id, d.provider_message_id),
+        provider_account = COALESCE(v.provider_account, d.provider_account),
         channel = COALESCE(v.channel, d.channel),
         send_attempts = d.send_attempts - v.gave_back,
         sent_at = CASE WHEN v.state = 'sent' THEN :now ELSE d.sent_at END,
         updated_at = :now
     FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
         id bigint, attempt int, state text, reason text, next_attempt_at timestamptz,
-        provider text, provider_message_id text, channel text, gave_back int)
+        provider text, provider_message_id text, provider_account text, channel text,
+        gave_back int)
     WHERE d.id = v.id AND d.attempt = v.attempt
       AND (d.state = 'sending'
            OR (d.state = 'unknown' AND (v.state = 'sent' OR v.gave_back = 1)))
@@ -349,6 +351,7 @@ _COMPLETE_SQLITE = text(
         lease_expires_at = NULL,
         provider = COALESCE(v.provider, deliveries.provider),
         provider_message_id = COALESCE(v.provider_message_id, deliveries.provider_message_id),
+        provider_account = COALESCE(v.provider_account, deliveries.provider_account),
         channel = COALESCE(v.channel, deliveries.channel),
         send_attempts = deliveries.send_attempts - v.gave_back,
         sent_at = CASE WHEN v.state = 'sent' THEN :now ELSE deliveries.sent_at END,
@@ -361,6 +364,7 @@ _COMPLETE_SQLITE = text(
                json_extract(value, '$.next_attempt_at') AS next_attempt_at,
                json_extract(value, '$.provider') AS provider,
                json_extract(value, '$.provider_message_id') AS provider_message_id,
+               json_extract(value, '$.provider_account') AS provider_account,
                json_extract(value, '$.channel') AS channel,
                json_extract(value, '$.gave_back') AS gave_back
         FROM json_each(:payload)
@@ -404,6 +408,7 @@ async def complete(
                 "next_attempt_at": _json_time(o.next_attempt_at, sqlite),
                 "provider": o.provider,
                 "provider_message_id": o.provider_message_id,
+                "provider_account": o.provider_account,
                 "channel": o.channel,
                 "gave_back": int(o.gave_back),
             }

@@ -1,68 +1,143 @@
-"""Which provider account a webhook comes from, and which organizations it speaks for.
+"""Which provider account a webhook comes from, which organizations it speaks for, and
+applying what it reports.
 
-A webhook is trusted only after its signature verifies with the secret of a configured
-account. An organization's own account speaks for that organization; the environment's
-account speaks for every organization that has no account of its own on that channel.
+A webhook URL names one account by its key (see :mod:`bulletin.webhooks.accounts`), and only
+that account's secret verifies a post to it. An organization's own account speaks for that
+organization only; the environment's (``default``) for every organization that has no account
+of its own on that channel. The payload's own idea of the account (``phone_number_id``,
+``AccountSid``) never chooses the organizations: at most it must agree with the account.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+import structlog
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.channels.configs import AnyProviderConfig, TwilioConfig, WhatsAppCloudConfig
+from bulletin.channels.base import Inbound, Receipt
+from bulletin.channels.configs import (
+    AnyProviderConfig,
+    ProviderConfig,
+    TwilioConfig,
+    WhatsAppCloudConfig,
+)
 from bulletin.config import Settings
-from bulletin.orgs.models import Organization
-from bulletin.providers import service as providers
-from bulletin.providers.models import ChannelConfig
+from bulletin.crypto import SecretBox, SecretKeyError
+from bulletin.db import utcnow
+from bulletin.deliveries import receipts
+from bulletin.providers import repository as providers
+from bulletin.providers.service import secret_box
+from bulletin.webhooks import repository
+from bulletin.webhooks.accounts import DEFAULT_ACCOUNT, ROUTES, Route, parse_account_key
+
+log = structlog.get_logger("bulletin.webhooks")
+
+_CONFIG: TypeAdapter[AnyProviderConfig] = TypeAdapter(ProviderConfig)
 
 
 @dataclass(frozen=True)
 class Account:
-    """A configured provider account and the organizations it serves (``None``: any)."""
+    """A configured provider account: its key, configuration, and the organizations it
+    serves on its channel."""
 
-    config: AnyProviderConfig
+    key: str
+    route: Route
+    config: WhatsAppCloudConfig | TwilioConfig
     orgs: tuple[uuid.UUID, ...]
 
-
-async def _accounts(
-    session: AsyncSession, settings: Settings, provider: str, channel: str
-) -> list[Account]:
-    found = await providers.accounts(session, providers.secret_box(settings), settings, provider)
-    result = []
-    for org_id, config in found:
-        if org_id is not None:
-            result.append(Account(config, (org_id,)))
-            continue
-        own = select(ChannelConfig.org_id).where(ChannelConfig.channel == channel)
-        rows = await session.execute(select(Organization.id).where(Organization.id.not_in(own)))
-        result.append(Account(config, tuple(rows.scalars())))
-    return result
+    @property
+    def source(self) -> receipts.Source:
+        return receipts.Source(self.route.provider, self.route.channel, self.key, self.orgs)
 
 
-async def whatsapp_accounts(session: AsyncSession, settings: Settings) -> list[Account]:
-    return await _accounts(session, settings, "whatsapp_cloud", "whatsapp")
+@dataclass
+class Outcome:
+    """What a verified post did."""
+
+    applied: receipts.Applied
+    preferences_changed: int = 0
+    inbound_new: int = 0
+    inbound_replayed: int = 0
 
 
-async def twilio_accounts(session: AsyncSession, settings: Settings) -> list[Account]:
-    return await _accounts(session, settings, "twilio", "sms")
+async def find_account(
+    session: AsyncSession, settings: Settings, channel: str, key_text: str
+) -> Account | None:
+    """The account ``key_text`` names on ``channel`` (``whatsapp`` or ``sms``), or ``None``
+    when there is none (or it cannot be read)."""
+    route = ROUTES[channel]
+    key = parse_account_key(key_text)
+    if key is None:
+        return None
+    config: AnyProviderConfig | None
+    if key == DEFAULT_ACCOUNT:
+        config = settings.provider_configs().get(channel)
+        if config is None or config.provider != route.provider:
+            return None
+        orgs = tuple(await repository.orgs_without_own(session, channel))
+    else:
+        org_id = uuid.UUID(key)
+        config = await _stored(session, secret_box(settings), org_id, channel, route)
+        orgs = (org_id,)
+    if not isinstance(config, WhatsAppCloudConfig | TwilioConfig):
+        return None
+    return Account(key, route, config, orgs)
 
 
-def whatsapp_by_number(accounts: Sequence[Account], number_ids: set[str]) -> list[Account]:
-    return [
-        a
-        for a in accounts
-        if isinstance(a.config, WhatsAppCloudConfig) and a.config.phone_number_id in number_ids
-    ]
+async def _stored(
+    session: AsyncSession, box: SecretBox | None, org_id: uuid.UUID, channel: str, route: Route
+) -> AnyProviderConfig | None:
+    row = await providers.get(session, org_id, channel)
+    if row is None or row.provider != route.provider:
+        return None
+    if row.secrets and box is None:
+        log.error("webhooks.config_unreadable", org_id=str(org_id), channel=channel)
+        return None
+    try:
+        secrets = box.open(row.secrets) if row.secrets and box is not None else {}
+        return _CONFIG.validate_python({**row.settings, **secrets})
+    except (SecretKeyError, ValidationError) as exc:
+        # Only the kind of error: the message could quote a stored value.
+        log.error(  # noqa: TRY400 - a traceback would carry the secrets in its locals
+            "webhooks.config_unreadable",
+            org_id=str(org_id),
+            channel=channel,
+            error=type(exc).__name__,
+        )
+        return None
 
 
-def twilio_by_sid(accounts: Sequence[Account], account_sid: str) -> list[Account]:
-    return [
-        a
-        for a in accounts
-        if isinstance(a.config, TwilioConfig) and a.config.account_sid == account_sid
-    ]
+async def apply(
+    session: AsyncSession,
+    account: Account,
+    found: list[Receipt],
+    inbound: list[Inbound],
+) -> Outcome:
+    """Apply a verified post of ``account``: receipts to its deliveries, and people's
+    messages that were not seen before (by the provider's id) to the people it serves."""
+    source = account.source
+    applied = await receipts.apply_receipts(session, source, found)
+    known = [m for m in inbound if m.provider_id is not None]
+    new_ids = await repository.record_inbound(
+        session,
+        source.provider,
+        source.account,
+        [m.provider_id for m in known if m.provider_id is not None],
+        utcnow(),
+    )
+    fresh = []
+    for message in known:
+        # A post may carry one message twice: act on its first copy only.
+        if message.provider_id in new_ids:
+            new_ids.discard(message.provider_id)
+            fresh.append(message)
+    changed = await receipts.apply_inbound(session, source, fresh)
+    return Outcome(
+        applied=applied,
+        preferences_changed=changed,
+        inbound_new=len(fresh),
+        inbound_replayed=len(inbound) - len(fresh),
+    )
