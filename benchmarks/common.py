@@ -217,6 +217,8 @@ def worker_env(url: str, key: str, **extra: str) -> dict[str, str]:
         "BULLETIN_DATABASE_URL": url,
         "BULLETIN_SECRET_KEY": key,
         "BULLETIN_LOG_LEVEL": "warning",
+        # The providers are local stand-ins on 127.0.0.1.
+        "BULLETIN_ALLOW_PRIVATE_PROVIDER_ADDRESSES": "true",
         "PYTHONPATH": str(ROOT),
         **extra,
     }

@@ -119,6 +119,8 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
         public_url=f"http://127.0.0.1:{port}",
         secret_key=generate_key(),
         port=port,
+        # The providers are local stand-ins on 127.0.0.1, reached over plain http.
+        allow_private_provider_addresses=True,
     )
     async with (
         WhatsAppCloudServer(access_token=WA_TOKEN, phone_number_id=WA_NUMBER_ID) as whatsapp,

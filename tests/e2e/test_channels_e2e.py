@@ -16,6 +16,7 @@ import pytest
 from api_helpers import add_people, body_of, notify, problem
 from bulletin.channels import twilio as twilio_wire
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
+from bulletin.deliveries.models import Delivery
 from bulletin.devservers.twilio import TwilioServer
 from bulletin.devservers.whatsapp import (
     DropAfterAccept,
@@ -24,6 +25,7 @@ from bulletin.devservers.whatsapp import (
     webhook_body,
 )
 from bulletin.orgs.keys import Scope
+from bulletin.webhooks.accounts import webhook_path
 from conftest import Api, make_settings
 from e2e.stack import (
     TW_FROM,
@@ -77,6 +79,11 @@ async def delivery(stack: Stack, delivery_id: int) -> dict[str, Any]:
     return found
 
 
+def hook_url(stack: Stack, channel: str) -> str:
+    """The webhook URL of the organization's own account on ``channel``."""
+    return stack.base_url + webhook_path(channel, str(stack.api.org_id))
+
+
 async def post_whatsapp(
     stack: Stack, payload: dict[str, Any], secret: str | None = WA_SECRET
 ) -> int:
@@ -84,9 +91,7 @@ async def post_whatsapp(
     headers = {"Content-Type": "application/json"}
     if secret is not None:
         headers[SIGNATURE_HEADER] = sign(secret, body)
-    async with stack.http.post(
-        f"{stack.base_url}/v1/webhooks/whatsapp", data=body, headers=headers
-    ) as response:
+    async with stack.http.post(hook_url(stack, "whatsapp"), data=body, headers=headers) as response:
         return response.status
 
 
@@ -148,7 +153,7 @@ async def test_whatsapp_webhooks_with_a_bad_or_missing_signature_change_nothing(
     assert await post_whatsapp(stack, payload, secret="not-the-secret") == 401
     assert await post_whatsapp(stack, payload, secret=None) == 401
     async with stack.http.post(
-        f"{stack.base_url}/v1/webhooks/whatsapp",
+        hook_url(stack, "whatsapp"),
         data=webhook_body(payload),
         headers={SIGNATURE_HEADER: "sha256=zz", "Content-Type": "application/json"},
     ) as response:
@@ -158,7 +163,7 @@ async def test_whatsapp_webhooks_with_a_bad_or_missing_signature_change_nothing(
     # A signed body that is not JSON is a 400, not a 500.
     garbage = b"{not json"
     async with stack.http.post(
-        f"{stack.base_url}/v1/webhooks/whatsapp",
+        hook_url(stack, "whatsapp"),
         data=garbage,
         headers={SIGNATURE_HEADER: sign(WA_SECRET, garbage)},
     ) as response:
@@ -167,12 +172,15 @@ async def test_whatsapp_webhooks_with_a_bad_or_missing_signature_change_nothing(
 
 async def test_whatsapp_verification_handshake(stack: Stack) -> None:
     await stack.configure()
-    url = f"{stack.base_url}/v1/webhooks/whatsapp"
+    url = hook_url(stack, "whatsapp")
     good = {"hub.mode": "subscribe", "hub.verify_token": WA_VERIFY, "hub.challenge": "1158201444"}
     async with stack.http.get(url, params=good) as response:
         assert response.status == 200
         assert await response.text() == "1158201444"
     async with stack.http.get(url, params={**good, "hub.verify_token": "wrong"}) as response:
+        assert response.status == 403
+    # The URL without an account is the environment's account only, and there is none here.
+    async with stack.http.get(f"{stack.base_url}/v1/webhooks/whatsapp", params=good) as response:
         assert response.status == 403
 
 
@@ -302,7 +310,12 @@ async def test_sms_status_callbacks_are_verified_and_move_deliveries_forward(sta
     assert sms.to == PHONE
     assert sms.from_ == TW_FROM
     assert sms.body == "Gate\nClosed today"
-    assert sms.status_callback == f"{stack.base_url}/v1/webhooks/twilio?delivery={sent['id']}"
+    assert sms.status_callback == f"{hook_url(stack, 'sms')}?delivery={sent['id']}"
+    async with stack.api.services.db.read() as session:
+        row = await session.get(Delivery, sent["id"])
+        assert row is not None
+        # The completion recorded the account that accepted it: only its receipts count.
+        assert (row.provider, row.provider_account) == ("twilio", str(stack.api.org_id))
 
     reply = await stack.twilio.send_status(stack.http, sms.sid, "delivered")
     assert reply.status == 200
@@ -331,7 +344,7 @@ async def test_sms_status_callbacks_are_verified_and_move_deliveries_forward(sta
 async def test_sms_stop_and_start_replies_change_the_persons_choice(stack: Stack) -> None:
     await stack.configure()
     await add_people(stack.api, ZANELE)
-    url = f"{stack.base_url}/v1/webhooks/twilio"
+    url = hook_url(stack, "sms")
     reply = await stack.twilio.send_inbound(stack.http, url, PHONE, TW_FROM, "Stop")
     assert reply.status == 200
     assert "<Response" in reply.body
@@ -503,6 +516,7 @@ async def test_a_single_organization_install_configures_providers_by_environment
             twilio_auth_token=TW_TOKEN,
             twilio_from=TW_FROM,
             twilio_base_url=twilio.base_url,
+            allow_private_provider_addresses=True,  # the stand-in listens on 127.0.0.1
         )
         async for api, _server in serve(settings, port):
             channels = body_of(await api.get("/v1/channels"), 200)["items"]
@@ -518,6 +532,10 @@ async def test_a_single_organization_install_configures_providers_by_environment
 
             await until(functools.partial(_completed, api, message_id))
             [sms_sent] = twilio.accepted
+            assert sms_sent.status_callback is not None
+            assert sms_sent.status_callback.startswith(
+                f"http://127.0.0.1:{port}/v1/webhooks/twilio/default?delivery="
+            )
             reply = await twilio.send_status(http, sms_sent.sid, "delivered")
             assert reply.status == 200
             body = body_of(await api.get(f"/v1/notifications/{message_id}"), 200)

@@ -79,7 +79,7 @@ async def server() -> AsyncIterator[SmtpServer]:
 
 @pytest.fixture
 async def provider(server: SmtpServer) -> AsyncIterator[SmtpProvider]:
-    provider = SmtpProvider(make_config(server))
+    provider = SmtpProvider(make_config(server), allow_private=True)
     try:
         yield provider
     finally:
@@ -196,7 +196,9 @@ def test_build_email_puts_a_line_broken_title_on_one_line() -> None:
 
 
 async def test_the_provider_describes_its_account(server: SmtpServer) -> None:
-    provider = SmtpProvider(make_config(server, username="mailer", rate_per_second=12.5))
+    provider = SmtpProvider(
+        make_config(server, username="mailer", rate_per_second=12.5), allow_private=True
+    )
 
     assert provider.name == "smtp"
     assert provider.deduplicates is False
@@ -213,7 +215,7 @@ async def test_each_security_mode_logs_in_and_delivers(
     security: Any,
 ) -> None:
     async with SmtpServer(security=security, username=USERNAME, password=PASSWORD) as server:
-        provider = SmtpProvider(make_config(server))
+        provider = SmtpProvider(make_config(server), allow_private=True)
         try:
             await provider.send(make_message())
         finally:
@@ -226,7 +228,9 @@ async def test_each_security_mode_logs_in_and_delivers(
 
 async def test_a_refused_login_is_transient_slows_the_account_and_hides_the_password() -> None:
     async with SmtpServer(security="starttls", username=USERNAME, password=PASSWORD) as server:
-        provider = SmtpProvider(make_config(server, password="wrong-password-123"))
+        provider = SmtpProvider(
+            make_config(server, password="wrong-password-123"), allow_private=True
+        )
         try:
             with capture_logs() as logs, pytest.raises(TransientSendError) as caught:
                 await provider.send(make_message())
@@ -244,7 +248,9 @@ async def test_a_refused_login_is_transient_slows_the_account_and_hides_the_pass
 
 async def test_no_login_where_the_server_requires_one_is_transient_and_slows_down() -> None:
     async with SmtpServer(username=USERNAME, password=PASSWORD) as server:
-        provider = SmtpProvider(make_config(server, username=None, password=None))
+        provider = SmtpProvider(
+            make_config(server, username=None, password=None), allow_private=True
+        )
         try:
             with pytest.raises(TransientSendError) as caught:
                 await provider.send(make_message())
@@ -257,7 +263,7 @@ async def test_no_login_where_the_server_requires_one_is_transient_and_slows_dow
 
 async def test_a_certificate_that_does_not_verify_is_transient_and_slows_down() -> None:
     async with SmtpServer(security="tls") as server:
-        provider = SmtpProvider(make_config(server, validate_certs=True))
+        provider = SmtpProvider(make_config(server, validate_certs=True), allow_private=True)
         try:
             with pytest.raises(TransientSendError) as caught:
                 await provider.send(make_message())
@@ -270,7 +276,7 @@ async def test_a_certificate_that_does_not_verify_is_transient_and_slows_down() 
 
 async def test_starttls_required_but_not_offered_is_transient() -> None:
     async with SmtpServer(security="none") as server:
-        provider = SmtpProvider(make_config(server, security="starttls"))
+        provider = SmtpProvider(make_config(server, security="starttls"), allow_private=True)
         try:
             with pytest.raises(TransientSendError) as caught:
                 await provider.send(make_message())
@@ -417,7 +423,7 @@ async def test_a_reply_slower_than_the_send_timeout_escapes_as_timeout_error(
 async def test_a_refused_connection_is_transient() -> None:
     port = await free_port()
     config = SmtpConfig(host="127.0.0.1", port=port, security="none", from_address=SENDER)
-    provider = SmtpProvider(config)
+    provider = SmtpProvider(config, allow_private=True)
 
     with pytest.raises(TransientSendError) as caught:
         await provider.send(make_message())
@@ -440,7 +446,7 @@ async def test_a_server_that_never_greets_is_transient_after_the_connect_timeout
     silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     config = SmtpConfig(host="127.0.0.1", port=port, security="none", from_address=SENDER)
-    provider = SmtpProvider(config, connect_timeout=0.2)
+    provider = SmtpProvider(config, connect_timeout=0.2, allow_private=True)
     try:
         with pytest.raises(TransientSendError) as caught:
             await provider.send(make_message())
@@ -484,7 +490,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(security: A
     # Over plain TCP the provider has usually not read the close yet, and its MAIL FROM finds
     # the connection dead; over TLS the close is seen first. Either way the send goes through.
     async with SmtpServer(security=security) as server:
-        provider = SmtpProvider(make_config(server))
+        provider = SmtpProvider(make_config(server), allow_private=True)
         try:
             for delivery_id in range(3):
                 await provider.send(make_message(delivery_id))
@@ -523,7 +529,9 @@ async def test_a_send_that_never_got_a_connection_is_transient_not_in_doubt(
 ) -> None:
     """Waiting for a free connection is bounded by the adapter: the engine's send timeout
     would cut it off as "in doubt" although nothing was sent."""
-    provider = SmtpProvider(make_config(server, connections=1), connect_timeout=0.3)
+    provider = SmtpProvider(
+        make_config(server, connections=1), connect_timeout=0.3, allow_private=True
+    )
     server.data_delay = 1.0
     try:
         first = asyncio.create_task(provider.send(make_message(1)))

@@ -41,7 +41,8 @@ TOKEN = "auth-token-0f1e2d3c4b5a"
 SERVICE = "MG" + "ab" * 16
 SENDER = "+14155552671"
 RECIPIENT = "+27821234567"
-CALLBACK = "https://bulletin.example.org/v1/webhooks/twilio"
+CALLBACK = "https://bulletin.example.org/v1/webhooks/twilio/default"
+SID_IN = "SM" + "9" * 32
 
 
 def make_config(base_url: str, **changes: Any) -> TwilioConfig:
@@ -877,10 +878,16 @@ def test_parse_inbound_ignores_what_is_not_an_inbound_sms(params: dict[str, str]
 
 
 def test_an_empty_inbound_body_is_still_a_message() -> None:
-    inbound = parse_inbound({"From": RECIPIENT, "To": SENDER, "Body": ""})
+    inbound = parse_inbound({"From": RECIPIENT, "To": SENDER, "Body": "", "MessageSid": SID_IN})
 
     assert inbound is not None
     assert inbound.text == ""
+    assert inbound.provider_id == SID_IN
+
+
+def test_an_inbound_without_a_message_sid_is_not_read() -> None:
+    """Without its sid a replay could not be told from a new message."""
+    assert parse_inbound({"From": RECIPIENT, "To": SENDER, "Body": "STOP"}) is None
 
 
 def test_inbound_reply_is_empty_twiml_when_there_is_nothing_to_say() -> None:

@@ -708,6 +708,7 @@ async def test_post_webhook_signs_what_it_sends(session: aiohttp.ClientSession) 
             address=TO,
             text="Grüße, STOP",
             at=dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC),
+            provider_id=payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"],
         )
     ]
 
@@ -806,12 +807,14 @@ def test_inbound_messages(message_type: Any, text: str, expected: str) -> None:
 
     webhook = parse_webhook(payload)
 
+    wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
     assert webhook.inbound == [
         Inbound(
             channel="whatsapp",
             address="+447700900123",
             text=expected,
             at=dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC),
+            provider_id=wamid,
         )
     ]
     assert webhook.receipts == []

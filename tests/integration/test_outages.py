@@ -347,6 +347,7 @@ async def test_the_engine_waits_out_an_outage_and_sends_each_delivery_once(
             whatsapp_access_token=WA_TOKEN,
             whatsapp_base_url=wa.base_url,
             whatsapp_template="bulletin_notice",
+            allow_private_provider_addresses=True,  # the stand-in listens on 127.0.0.1
             max_in_flight=in_flight,
             claim_batch_size=in_flight,
         )

@@ -11,6 +11,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 
+from bulletin.channels import egress
+from bulletin.errors import FieldError, InvalidRequest
 from bulletin.recipients.validation import normalize_email, normalize_phone
 from bulletin.schemas import RequestBody
 
@@ -42,6 +44,28 @@ class _ProviderConfig(RequestBody):
 
     def base_url_str(self) -> str:
         return _no_trailing_slash(getattr(self, "base_url"))  # noqa: B009
+
+    def address_problems(self, *, allow_private: bool) -> list[tuple[str, str]]:
+        """``(field, why)`` for each provider address that on its face leads nowhere public.
+
+        A fast first check when a configuration is saved; the one that counts is made on the
+        resolved addresses at every connect (:mod:`bulletin.channels.egress`).
+        """
+        if allow_private:
+            return []
+        url: AnyHttpUrl = getattr(self, "base_url")  # noqa: B009
+        problem = egress.url_problem(url.scheme, url.host)
+        return [] if problem is None else [("base_url", problem)]
+
+    def check_addresses(self, *, allow_private: bool) -> None:
+        """Raise :class:`~bulletin.errors.InvalidRequest` naming each address not allowed."""
+        problems = self.address_problems(allow_private=allow_private)
+        if problems:
+            raise InvalidRequest(
+                "The provider's address is not allowed: providers must be public https "
+                "services (or SMTP servers on a usual port).",
+                [FieldError(("body", name), why, "value_error") for name, why in problems],
+            )
 
 
 class WhatsAppCloudConfig(_ProviderConfig):
@@ -100,6 +124,16 @@ class SmtpConfig(_ProviderConfig):
     @classmethod
     def _address(cls, value: str) -> str:
         return normalize_email(value)
+
+    def address_problems(self, *, allow_private: bool) -> list[tuple[str, str]]:
+        if allow_private:
+            return []
+        problems: list[tuple[str, str]] = []
+        if (host := egress.host_problem(self.host)) is not None:
+            problems.append(("host", host))
+        if (port := egress.smtp_port_problem(self.port)) is not None:
+            problems.append(("port", port))
+        return problems
 
     @model_validator(mode="after")
     def _login_pairs(self) -> SmtpConfig:

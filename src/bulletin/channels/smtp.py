@@ -49,6 +49,7 @@ import aiosmtplib
 import structlog
 from email_validator import EmailNotValidError, validate_email
 
+from bulletin.channels import egress
 from bulletin.channels.base import Accepted, OutboundMessage, Provider
 from bulletin.channels.configs import SmtpConfig
 from bulletin.errors import (
@@ -230,14 +231,27 @@ class SmtpProvider(Provider):
     before the message content goes out (connecting, TLS, login, ``MAIL FROM``, ``RCPT TO``):
     failing there is transient, because nothing was sent. It should be well below the engine's
     send timeout, which bounds the rest.
+
+    Unless ``allow_private``, the server must listen on a usual SMTP port and every address its
+    name resolves to is checked before connecting: only public ones are tried (see
+    :mod:`bulletin.channels.egress`). ``resolver`` replaces the system's name resolution.
     """
 
     name = "smtp"
     deduplicates = False
 
-    def __init__(self, config: SmtpConfig, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        connect_timeout: float = 5.0,
+        allow_private: bool = False,
+        resolver: egress.Resolver | None = None,
+    ) -> None:
         self._config = config
         self._connect_timeout = connect_timeout
+        self._allow_private = allow_private
+        self._resolver = resolver
         self._password = config.password.get_secret_value() if config.password else None
         self._slots = asyncio.Semaphore(config.connections)
         self._idle: list[aiosmtplib.SMTP] = []
@@ -374,6 +388,17 @@ class SmtpProvider(Provider):
             return self._refusal(step, exc, bound)
         if connection is not None:
             self._discard(connection)
+        if isinstance(exc, egress.AddressNotAllowed):
+            bound.warning(
+                "smtp.address_not_allowed",
+                host=self._config.host,
+                port=self._config.port,
+                hint="the SMTP server's address is not public or its port not a usual SMTP "
+                "port; fix the configuration or set BULLETIN_ALLOW_PRIVATE_PROVIDER_ADDRESSES",
+            )
+            return TransientSendError(
+                egress.NOT_ALLOWED, retry_after=_ACCOUNT_RETRY_SECONDS, slow_down=True
+            )
         if isinstance(exc, TimeoutError):
             bound.info("smtp.timeout_before_content", step=step)
             return TransientSendError(f"the SMTP server did not answer {step} in time")
@@ -384,15 +409,18 @@ class SmtpProvider(Provider):
                 hint="the server's TLS certificate is not trusted; fix it or set validate_certs",
             )
             return TransientSendError(
-                f"the SMTP server's certificate was refused: {exc}",
+                "the SMTP server's TLS certificate was refused",
                 retry_after=_ACCOUNT_RETRY_SECONDS,
                 slow_down=True,
             )
         if isinstance(exc, OSError):
             # A refused or lost connection, a failed TLS handshake (ssl.SSLError): the
             # aiosmtplib connection errors derive from ConnectionError.
+            # What answered, or did not, is for the operator's log: the text goes to tenants.
             bound.info("smtp.failed_before_content", step=step, error=repr(exc))
-            return TransientSendError(f"the SMTP {step} failed: {exc!r}")
+            if step == "connect":
+                return TransientSendError("could not connect to the SMTP server")
+            return TransientSendError(f"the SMTP connection failed at {step}")
         if isinstance(exc, aiosmtplib.SMTPException) and step == "connect":
             # STARTTLS or AUTH not offered, or no login method in common: the configuration
             # does not match the server, which only an operator can fix.
@@ -420,9 +448,17 @@ class SmtpProvider(Provider):
             # Looked up once: getfqdn may wait on DNS, and its answer does not change.
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
         security = self._config.security
+        host, port = self._config.host, self._config.port
+        if not self._allow_private and port not in egress.SMTP_PORTS:
+            raise egress.AddressNotAllowed
+        # Resolved and checked here, and the checked address connected to; the name is kept
+        # for TLS (server name and certificate).
+        sock = await egress.connect(
+            host, port, allow_private=self._allow_private, resolver=self._resolver
+        )
         connection = aiosmtplib.SMTP(
-            hostname=self._config.host,
-            port=self._config.port,
+            hostname=host,
+            sock=sock,
             username=self._config.username,
             password=self._password,
             local_hostname=self._local_hostname,
@@ -432,6 +468,7 @@ class SmtpProvider(Provider):
             start_tls=security == "starttls",
             validate_certs=self._config.validate_certs,
         )
+        # The socket is the connection's from here on: closing the connection closes it.
         await connection.connect()
         self._open.add(connection)
         return connection
@@ -487,7 +524,8 @@ class SmtpProvider(Provider):
     def _connect_refusal(
         self, exc: aiosmtplib.SMTPResponseException, bound: Any
     ) -> TransientSendError:
-        detail = f"the SMTP server refused the connection: {exc.code} {exc.message}"
+        # The greeting's text is the server's banner: for the operator's log only.
+        detail = f"the SMTP server refused the connection ({exc.code})"
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == _AUTH_REQUIRED:
             return self._login_refused(exc, bound)
         if exc.code == SERVICE_NOT_AVAILABLE:

@@ -101,7 +101,9 @@ class TwilioProvider(Provider):
 
     The aiohttp session belongs to the caller, who closes it. ``status_callback_url``, when
     given, is sent as each message's ``StatusCallback`` with ``delivery=<delivery id>`` added
-    to its query, so that receipts name the delivery they are about.
+    to its query, so that receipts name the delivery they are about; it is the webhook URL of
+    this account (``account_key``, see :func:`bulletin.webhooks.accounts.webhook_path`), so
+    that only this account's auth token verifies them.
     """
 
     name = "twilio"
@@ -112,12 +114,14 @@ class TwilioProvider(Provider):
         config: TwilioConfig,
         session: aiohttp.ClientSession,
         *,
+        account_key: str | None = None,
         status_callback_url: str | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         if config.auth_token is None:
             raise ValueError("a Twilio configuration needs an auth_token to send")
         self._session = session
+        self.account_key = account_key
         self._status_callback_url = status_callback_url
         self._sender = (
             ("From", config.from_number)
@@ -170,7 +174,7 @@ class TwilioProvider(Provider):
                 raise self._refusal(bound, status, retry_after, _TwilioError(None, None))
             bound.warning("twilio.in_doubt", error=repr(answer.error), status=status)
             raise InDoubtSendError(
-                f"the connection to Twilio failed after the request was sent: {answer.error!r}"
+                "the connection to Twilio failed after the request was sent"
             ) from answer.error
 
         if 200 <= status < 300:
@@ -324,7 +328,8 @@ def parse_inbound(params: Mapping[str, str]) -> Inbound | None:
     """The message a person texted to one of our numbers, or ``None`` if this is not one.
 
     Status callbacks carry a ``MessageStatus`` other than ``received`` and are not inbound.
-    Only senders with an E.164 number are read: a ``whatsapp:`` address is not an SMS.
+    Only senders with an E.164 number are read: a ``whatsapp:`` address is not an SMS. The
+    message's sid (``MessageSid``) is its ``provider_id``; a post without one is not read.
     """
     for field in ("MessageStatus", "SmsStatus"):
         if params.get(field, "received") != "received":
@@ -332,7 +337,12 @@ def parse_inbound(params: Mapping[str, str]) -> Inbound | None:
     sender, to, body = params.get("From"), params.get("To"), params.get("Body")
     if sender is None or to is None or body is None or not _E164.fullmatch(sender):
         return None
-    return Inbound(channel="sms", address=sender, text=body, at=_now())
+    # The message's sid tells a replayed webhook from a new message; without one it is not
+    # something Twilio sent.
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    if not sid or len(sid) > 64:
+        return None
+    return Inbound(channel="sms", address=sender, text=body, at=_now(), provider_id=sid)
 
 
 def inbound_reply(text: str | None) -> str:

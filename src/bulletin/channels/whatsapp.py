@@ -113,6 +113,8 @@ _RECEIPT_STATES = {
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+#: Longest provider message id kept to recognise a replay (wamids are about 60 characters).
+_MAX_ID_LENGTH = 255
 
 
 def text_body(title: str, body: str) -> str:
@@ -136,11 +138,13 @@ class WhatsAppCloudProvider(Provider):
         config: WhatsAppCloudConfig,
         session: aiohttp.ClientSession,
         *,
+        account_key: str | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         if config.access_token is None:
             raise ValueError("a WhatsApp Cloud configuration needs an access_token to send")
         self._session = session
+        self.account_key = account_key
         self._phone_number_id = config.phone_number_id
         self._url = (
             f"{config.base_url_str()}/{config.api_version}/{config.phone_number_id}/messages"
@@ -196,7 +200,7 @@ class WhatsAppCloudProvider(Provider):
                 raise self._refusal(bound, status, retry_after, _GraphError())
             bound.warning("whatsapp.in_doubt", error=repr(exc), status=status)
             raise InDoubtSendError(
-                f"the connection to the Cloud API failed after the request was sent: {exc!r}"
+                "the connection to the Cloud API failed after the request was sent"
             ) from exc
 
         if 200 <= status < 300:
@@ -343,19 +347,25 @@ def verify_signature(app_secret: str, body: bytes, header: str | None) -> bool:
 @dataclass
 class WhatsAppWebhook:
     """What one webhook post reports: receipts and inbound messages, and which numbers they
-    concern (``metadata.phone_number_id``), so the caller can find the accounts involved."""
+    concern (``metadata.phone_number_id``). ``foreign`` counts the changes about a number
+    other than the one asked for, which were left out."""
 
     phone_number_ids: set[str] = field(default_factory=set)
     receipts: list[Receipt] = field(default_factory=list)
     inbound: list[Inbound] = field(default_factory=list)
+    foreign: int = 0
 
 
-def parse_webhook(payload: object) -> WhatsAppWebhook:
+def parse_webhook(payload: object, phone_number_id: str | None = None) -> WhatsAppWebhook:
     """Read a ``whatsapp_business_account`` webhook (already JSON-decoded).
 
     Changes other than ``messages`` and statuses other than sent, delivered, read and failed
     are skipped, and unknown fields are ignored. A payload that does not have the structure
     Meta documents raises :class:`ValueError` saying where it went wrong.
+
+    With ``phone_number_id`` (the number of the account whose secret signed the post), a
+    change about another number is validated, counted in ``foreign`` and left out: a signature
+    speaks for its own account's number only, whatever the payload says.
     """
     root = _object(payload, "payload")
     if root.get("object") != "whatsapp_business_account":
@@ -370,23 +380,32 @@ def parse_webhook(payload: object) -> WhatsAppWebhook:
             change = _object(raw_change, where)
             if change.get("field") != "messages":
                 continue
-            _read_value(_object(change.get("value"), f"{where}.value"), f"{where}.value", result)
+            value = _object(change.get("value"), f"{where}.value")
+            _read_value(value, f"{where}.value", result, phone_number_id)
     return result
 
 
-def _read_value(value: Mapping[str, Any], where: str, result: WhatsAppWebhook) -> None:
+def _read_value(
+    value: Mapping[str, Any], where: str, result: WhatsAppWebhook, only: str | None
+) -> None:
     metadata = _object(value.get("metadata"), f"{where}.metadata")
-    result.phone_number_ids.add(
-        _string(metadata.get("phone_number_id"), f"{where}.metadata.phone_number_id")
-    )
+    number = _string(metadata.get("phone_number_id"), f"{where}.metadata.phone_number_id")
+    receipts: list[Receipt] = []
+    inbound: list[Inbound] = []
     for s, raw in enumerate(_array(value.get("statuses", []), f"{where}.statuses")):
         receipt = _receipt(_object(raw, f"{where}.statuses[{s}]"), f"{where}.statuses[{s}]")
         if receipt is not None:
-            result.receipts.append(receipt)
+            receipts.append(receipt)
     for m, raw in enumerate(_array(value.get("messages", []), f"{where}.messages")):
-        inbound = _inbound(_object(raw, f"{where}.messages[{m}]"), f"{where}.messages[{m}]")
-        if inbound is not None:
-            result.inbound.append(inbound)
+        message = _inbound(_object(raw, f"{where}.messages[{m}]"), f"{where}.messages[{m}]")
+        if message is not None:
+            inbound.append(message)
+    if only is not None and number != only:
+        result.foreign += 1
+        return
+    result.phone_number_ids.add(number)
+    result.receipts.extend(receipts)
+    result.inbound.extend(inbound)
 
 
 def _receipt(status: Mapping[str, Any], where: str) -> Receipt | None:
@@ -424,12 +443,22 @@ def _inbound(message: Mapping[str, Any], where: str) -> Inbound | None:
     sender = _string(message.get("from"), f"{where}.from")
     if not _DIGITS.fullmatch(sender):
         raise ValueError(f"{where}.from is not a phone number in digits: {sender!r}")
+    # The message's own id (a wamid) tells a replayed webhook from a new message.
+    wamid = _string(message.get("id"), f"{where}.id")
+    if len(wamid) > _MAX_ID_LENGTH:
+        raise ValueError(f"{where}.id is longer than {_MAX_ID_LENGTH} characters")
     at = _timestamp(message.get("timestamp"), f"{where}.timestamp")
     kind = message.get("type")
     if kind == "system":
         # Sent by WhatsApp (the person changed number), not by the person: no reply, no window.
         return None
-    return Inbound(channel="whatsapp", address=f"+{sender}", text=_text_of(message), at=at)
+    return Inbound(
+        channel="whatsapp",
+        address=f"+{sender}",
+        text=_text_of(message),
+        at=at,
+        provider_id=wamid,
+    )
 
 
 def _text_of(message: Mapping[str, Any]) -> str:
