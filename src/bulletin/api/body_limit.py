@@ -5,6 +5,12 @@ its body. A request without one (``Transfer-Encoding: chunked``) is counted as i
 the moment it grows past the limit, reading stops and the answer is a 413, whatever the route
 was about to do with the body. Either way nothing of the request is applied.
 
+A JSON body (or one without a content type, which some routes read as JSON) is read whole,
+within the same limit, and its nesting is measured before any parser sees it: one nested more
+than :data:`bulletin.jsonvalue.MAX_BODY_DEPTH` levels is answered 422. Python's JSON parser
+recurses, and a body nested near its limit would pass the first parse and fail a later one
+deeper in the stack (the Idempotency-Key fingerprint, a log line) as a 500.
+
 This is a pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``, so that it sees
 the body as it streams instead of after it has been buffered.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bulletin import jsonvalue
 from bulletin.api.problems import problem
 
 log = structlog.get_logger("bulletin.api")
@@ -40,6 +47,9 @@ class BodySizeLimit:
                 "api.body_too_large", path=scope["path"], declared=declared, limit=self.max_bytes
             )
             await self._reject(scope, receive, send)
+            return
+        if _reads_as_json(scope):
+            await self._whole(scope, receive, send)
             return
 
         received = 0
@@ -85,6 +95,59 @@ class BodySizeLimit:
         if exceeded and not started:
             await self._reject(scope, receive, send)
 
+    async def _whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body whole (within the limit), measure its nesting, then run the app on it."""
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away: there is no one to answer
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                log.warning(
+                    "api.body_too_large",
+                    path=scope["path"],
+                    received=received,
+                    limit=self.max_bytes,
+                )
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if jsonvalue.too_deep(body):
+            log.warning("api.body_too_deep", path=scope["path"], limit=jsonvalue.MAX_BODY_DEPTH)
+            limit = jsonvalue.MAX_BODY_DEPTH
+            response = problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                f"The JSON body is nested deeper than {limit} levels.",
+                instance=scope["path"],
+                errors_=[
+                    {
+                        "loc": ["body"],
+                        "message": f"JSON nested deeper than {limit} levels",
+                        "type": "json_depth",
+                    }
+                ],
+            )
+            await response(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
             413,
@@ -97,6 +160,17 @@ class BodySizeLimit:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+def _reads_as_json(scope: Scope) -> bool:
+    """Whether a route may parse this request's body as JSON: a JSON media type, or none."""
+    if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        return False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = bytes(value).decode("latin-1").split(";", 1)[0].strip().lower()
+            return media == "application/json" or media.endswith("+json")
+    return True
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
+from bulletin import jsonvalue
 from bulletin.recipients import validation
 from bulletin.schemas import RequestBody
 
@@ -15,6 +16,22 @@ CategoryName = Annotated[str, AfterValidator(validation.check_category)]
 ExternalId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/]+$")]
 ClockTime = Annotated[str, AfterValidator(validation.check_clock)]
 TimeZone = Annotated[str, AfterValidator(validation.check_timezone)]
+Attributes = Annotated[
+    dict[str, Any],
+    AfterValidator(validation.check_attributes),
+    Field(
+        description=(
+            "Free data, available to templates. Limits: nested at most "
+            f"{jsonvalue.MAX_DEPTH} levels, {jsonvalue.MAX_OBJECT_KEYS} keys per object "
+            f"(of up to {jsonvalue.MAX_KEY_CHARACTERS} characters), "
+            f"{jsonvalue.MAX_ARRAY_ITEMS} items per array, strings of up to "
+            f"{jsonvalue.MAX_STRING_CHARACTERS} characters without control characters, "
+            f"integers within ±{jsonvalue.MAX_SAFE_INTEGER}, no NaN or Infinity, "
+            f"{jsonvalue.MAX_FIELD_BYTES} bytes in all."
+        ),
+        json_schema_extra={"maxProperties": jsonvalue.MAX_OBJECT_KEYS},
+    ),
+]
 
 
 class RecipientFields(RequestBody):
@@ -37,9 +54,7 @@ class RecipientFields(RequestBody):
         None
     )
     groups: list[GroupName] = Field(default_factory=list, max_length=100)
-    attributes: dict[str, Any] = Field(
-        default_factory=dict, description="Free data, available to templates."
-    )
+    attributes: Attributes = Field(default_factory=dict)
 
 
 class RecipientPut(RecipientFields):
@@ -74,7 +89,8 @@ class Recipient(BaseModel):
     timezone: str | None
     locale: str | None
     groups: list[str]
-    attributes: dict[str, Any]
+    # As stored: PostgreSQL gives a float written with an exponent back as an integer.
+    attributes: Annotated[dict[str, Any], BeforeValidator(jsonvalue.as_read)]
     active: bool
     created_at: dt.datetime
     updated_at: dt.datetime

@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import re
 import zoneinfo
+from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from pydantic_core import PydanticCustomError
+
+from bulletin import jsonvalue
 
 # Matched with fullmatch: ``$`` would also accept a trailing newline.
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
@@ -78,4 +82,17 @@ def check_category(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a category: lower-case letters, digits, '_', '-', '.', up to 64"
         )
+    return value
+
+
+def check_attributes(value: dict[str, Any]) -> dict[str, Any]:
+    """A recipient's ``attributes`` within the limits of :mod:`bulletin.jsonvalue`.
+
+    The error's type names the limit (``json_depth``, ``json_size`` ...) and its message says
+    where in the value it was broken.
+    """
+    try:
+        jsonvalue.check(value, "attributes")
+    except jsonvalue.JsonLimitError as exc:
+        raise PydanticCustomError(exc.kind, "{message}", {"message": exc.message}) from None
     return value
