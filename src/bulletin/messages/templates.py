@@ -9,31 +9,35 @@ every template and renders it for a probe recipient (and for named recipients), 
 error, an unknown variable or a misspelt recipient field is a 422. A missing *attribute*
 renders as empty text, because attributes legitimately differ from person to person.
 
-The sandbox refuses access to Python internals, and the few operations that could make a
-huge string (repetition, powers, long loops) are bounded.
+Every render runs in :mod:`bulletin.messages.sandbox`, which refuses access to Python internals
+and gives each render a fixed budget (loop iterations, value sizes, text written, time). The
+check at creation cannot see every branch a real person's data takes, so the budget is what
+holds at send time: a template that exceeds it for one person fails that person's delivery
+("the template exceeded its rendering budget: ..."), quickly, and nothing else.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from bulletin.errors import FieldError, InvalidRequest
+from bulletin.messages.sandbox import BoundedEnvironment, budget
+from bulletin.messages.sandbox import BudgetExceeded as BudgetExceeded
+from bulletin.messages.sandbox import TemplateFailed as TemplateFailed
 
 #: Longest text any one template may render to.
 MAX_RENDERED = 64_000
+#: Seconds :func:`check` spends rendering for named recipients before it stops sampling them
+#: (each render has its own budget as well; what is not sampled is bounded at send time).
+CHECK_SECONDS = 0.5
 _MARKERS = ("{{", "{%", "{#")
-
-
-class TemplateFailed(ValueError):
-    """A template could not be compiled or rendered; the message says why, for people."""
 
 
 class _Attributes(dict[str, Any]):
@@ -43,31 +47,9 @@ class _Attributes(dict[str, Any]):
         return ""
 
 
-class _Bounded(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(
-        self, context: jinja2.runtime.Context, operator_: str, left: Any, right: Any
-    ) -> Any:
-        if operator_ == "**":
-            if isinstance(right, int | float) and abs(right) > 100:
-                raise TemplateFailed("exponent too large")
-            return operator.pow(left, right)
-        for sequence, count in ((left, right), (right, left)):
-            sized = isinstance(sequence, str | list | tuple) and isinstance(count, int)
-            if sized and len(sequence) * count > MAX_RENDERED:
-                raise TemplateFailed("repetition would make the text too long")
-        return operator.mul(left, right)
-
-
 @functools.cache
-def _environment(html: bool) -> _Bounded:
-    return _Bounded(
-        undefined=jinja2.StrictUndefined,
-        autoescape=html,
-        keep_trailing_newline=True,
-        auto_reload=False,
-    )
+def _environment(html: bool) -> BoundedEnvironment:
+    return BoundedEnvironment(html=html)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +113,20 @@ def compile_text(source: str, *, html: bool = False) -> Renderer:
     if not any(marker in source for marker in _MARKERS):
         return lambda _context: source
     try:
-        template = _environment(html).from_string(source)
+        template = _environment(html).compile_bounded(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateFailed(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    except (RecursionError, MemoryError, SyntaxError) as exc:
+        raise TemplateFailed("the template is nested too deeply") from exc
 
     def render(context: Mapping[str, Any]) -> str:
         try:
-            text = template.render(context)
+            with budget():
+                text = template.render(context)
         except TemplateFailed:
             raise
+        except (RecursionError, MemoryError) as exc:
+            raise BudgetExceeded("it nests too deeply") from exc
         except jinja2.UndefinedError as exc:
             raise TemplateFailed(_explain_undefined(str(exc))) from exc
         except jinja2.TemplateError as exc:
@@ -237,8 +224,15 @@ class MessageTemplates:
         """The content for ``recipient`` on ``channel``; raises :class:`TemplateFailed`.
 
         ``template_parameters`` are the parameters of a WhatsApp template that does not come
-        from the message itself (the provider's default template).
+        from the message itself (the provider's default template). All texts of one person's
+        content share one rendering budget.
         """
+        with budget():
+            return self._render(channel, recipient, template_parameters)
+
+    def _render(
+        self, channel: str, recipient: RecipientView, template_parameters: list[str] | None
+    ) -> Content:
         context = context_for(recipient)
         own = self._channel.get(channel, {})
         title = (own.get("title") or self._title)(context)
@@ -289,10 +283,15 @@ def check(
             where: tuple[str | int, ...] = (*loc, "overrides", channel, "template", "parameters", i)
             sources.append((where, parameter, "html"))
     errors: list[FieldError] = []
+    # The probe is always tried; named recipients only while there is time, since every
+    # render is bounded by its budget at send time anyway.
+    sampling_ends = time.monotonic() + CHECK_SECONDS
     for where, source, kind in sources:
         try:
             renderer = compile_text(source, html=kind == "html" and where[-1] == "html")
-            for recipient in [PROBE, *recipients]:
+            for i, recipient in enumerate([PROBE, *recipients]):
+                if i and time.monotonic() > sampling_ends:
+                    break
                 renderer(context_for(recipient, **sees[kind]))
         except TemplateFailed as exc:
             errors.append(FieldError(where, str(exc), "template_invalid"))

@@ -49,6 +49,7 @@ from bulletin.messages import repository as message_rows
 from bulletin.messages.models import Message
 from bulletin.messages.service import view_of
 from bulletin.messages.templates import (
+    BudgetExceeded,
     Content,
     MessageTemplates,
     TemplateChoice,
@@ -68,8 +69,10 @@ log = structlog.get_logger("bulletin.worker")
 
 # A send is started only if the lease still has this much room beyond the send timeout.
 _LEASE_MARGIN_SECONDS = 2.0
-# Claimed deliveries decided between two chances for other tasks of the process to run.
+# Claimed deliveries decided between two chances for other tasks of the process to run, and
+# the longest time spent deciding (rendering included) before the next chance, whichever first.
 _DECIDE_BETWEEN_YIELDS = 20
+_DECIDE_BETWEEN_YIELDS_SECONDS = 0.01
 # Deliveries are claimed and decided up to this long before they are due, then sent when they
 # are: the claim's round trips to the database are not added to the time it is sent at.
 CLAIM_AHEAD = dt.timedelta(seconds=0.25)
@@ -342,10 +345,16 @@ class Dispatcher:
             messages = await self._messages.get_many({r.message_id for r in rows})
             if self._links is not None:
                 await self._text_links.refresh({r.org_id for r in rows})
+            yielded = time.monotonic()
             for i, row in enumerate(rows):
-                if i and i % _DECIDE_BETWEEN_YIELDS == 0:
-                    # Let sends waiting for their pacing slot start on time meanwhile.
+                if i and (
+                    i % _DECIDE_BETWEEN_YIELDS == 0
+                    or time.monotonic() - yielded > _DECIDE_BETWEEN_YIELDS_SECONDS
+                ):
+                    # Let sends waiting for their pacing slot start on time meanwhile, also
+                    # when templates that use up their rendering budget slow deciding down.
                     await asyncio.sleep(0)
+                    yielded = time.monotonic()
                 decision = await self._decide(
                     row, recipients[row.recipient_id], messages, suppressed
                 )
@@ -455,6 +464,15 @@ class Dispatcher:
         try:
             content, template = self._content(row, recipient, message, send.channel)
         except TemplateFailed as exc:
+            # Only this delivery fails: the reason (a budget exceeded, data that does not fit
+            # the template) is the delivery's detail, for the organization to read.
+            # Other template errors may quote a person's data; a budget's reason never does.
+            log.warning(
+                "worker.template_failed",
+                delivery_id=row.id,
+                message_id=str(row.message_id),
+                budget_exceeded=str(exc) if isinstance(exc, BudgetExceeded) else None,
+            )
             self.completer.add(
                 Outcome(
                     row.id,
@@ -698,6 +716,7 @@ class Dispatcher:
                 detail=f"accepted by {provider.name}",
                 provider=provider.name,
                 provider_message_id=accepted.provider_message_id,
+                provider_account=provider.account_key,
             )
         SEND_SECONDS.labels(outbound.channel, answered).observe(time.perf_counter() - started)
         if outcome.state is DeliveryState.PENDING:
