@@ -8,6 +8,7 @@ reached right now (see :func:`bulletin.db.is_unavailable`) is not a defect: it a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
-from bulletin import errors
+from bulletin import errors, logs
 from bulletin.db import describe, is_unavailable
 
 log = structlog.get_logger("bulletin.api")
@@ -61,14 +62,32 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def _clean_loc(loc: Any) -> list[str | int]:
-    return [part if isinstance(part, int) else str(part) for part in loc]
+def _clean_loc(loc: Any, known: Iterable[str] = ()) -> list[str | int]:
+    return [part if isinstance(part, int) else logs.mask(str(part), known) for part in loc]
+
+
+def _known(exc: RequestValidationError) -> list[str]:
+    """What must not come back in a 422: the request's own secrets (headers, query, fields
+    named like secrets in the body) and the input of every field named like a secret."""
+    found = set(logs.known_secrets()) | logs.secret_values_of(exc.body)
+    for error in exc.errors():
+        names = [part for part in error.get("loc", ()) if isinstance(part, str)]
+        if any(logs.is_secret_name(name) for name in names):
+            found |= logs.secret_values_of({"secret": error.get("input")})
+    return sorted(found, key=len, reverse=True)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each invalid field, its message and type, never the input: the answer and
+    the logs must not echo a password, token or key the request carried."""
     assert isinstance(exc, RequestValidationError)
+    known = _known(exc)
     listed = [
-        {"loc": _clean_loc(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type")}
+        {
+            "loc": _clean_loc(e.get("loc", ()), known),
+            "message": logs.mask(str(e.get("msg", "")), known),
+            "type": e.get("type"),
+        }
         for e in exc.errors()
     ]
     return problem(
@@ -86,9 +105,14 @@ async def _bulletin(request: Request, exc: Exception) -> JSONResponse:
     for kind, status, slug, title in _STATUS:
         if isinstance(exc, kind):
             listed = None
+            known = logs.known_secrets()
             if isinstance(exc, errors.InvalidRequest):
                 listed = [
-                    {"loc": _clean_loc(e.loc), "message": e.message, "type": e.type}
+                    {
+                        "loc": _clean_loc(e.loc, known),
+                        "message": logs.mask(e.message, known),
+                        "type": e.type,
+                    }
                     for e in exc.errors
                 ]
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -96,7 +120,7 @@ async def _bulletin(request: Request, exc: Exception) -> JSONResponse:
                 status,
                 slug,
                 title,
-                exc.detail,
+                logs.mask(exc.detail, known),
                 instance=request.url.path,
                 errors_=listed,
                 headers=headers,

@@ -7,6 +7,11 @@ whole request, so every line logged while answering carries it, and it is return
 counted by route template (never the raw path, which holds ids and unsubscribe tokens),
 method and status, and logged once as ``http.request``.
 
+It also records what the request carries in its credential headers, cookies, secret-named
+query parameters and body fields (:class:`bulletin.logs.RequestSecrets`), so that no line
+logged while answering it repeats them; its own line names the route template, never the path
+or the query string, which may hold tokens.
+
 It must wrap the whole application, outside Starlette's error middleware, so that a 500 and
 the error handler's own log line also carry the id (``app.create_app`` places it there).
 """
@@ -21,6 +26,7 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bulletin import logs
 from bulletin.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 log = structlog.get_logger("bulletin.api")
@@ -76,11 +82,23 @@ class TelemetryMiddleware:
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
+        carried = logs.RequestSecrets(scope["headers"], scope.get("query_string", b""))
+
+        async def receive_watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                carried.add_body(message.get("body", b""))
+            return message
+
+        watching = logs.watch(carried)
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_watched, send_with_id)
             finally:
                 self._record(scope, status, time.perf_counter() - started)
+        # Not on an exception: the server logs it once more after this returns, in this task,
+        # and that copy must be masked with this request's secrets too.
+        logs.unwatch(watching)
 
     @staticmethod
     def _record(scope: Scope, status: int, seconds: float) -> None:
