@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from bulletin.orgs.keys import Scope
 from conftest import Api
 
 PROBLEM_TYPE = "application/problem+json"
@@ -101,13 +102,17 @@ def in_future(seconds: float) -> str:
 
 
 async def walk(
-    api: Api, path: str, limit: int, params: dict[str, str] | None = None
+    api: Api,
+    path: str,
+    limit: int,
+    params: dict[str, str] | None = None,
+    scope: Scope = Scope.READ,
 ) -> list[list[dict[str, Any]]]:
     """Every page of a cursor-paginated list, following ``next_cursor`` to the end."""
     pages: list[list[dict[str, Any]]] = []
     query: dict[str, str | int] = {**(params or {}), "limit": limit}
     while True:
-        page = body_of(await api.get(path, params=query), 200)
+        page = body_of(await api.get(path, scope, params=query), 200)
         assert len(page["items"]) <= limit
         pages.append(page["items"])
         if page["next_cursor"] is None:
@@ -117,9 +122,11 @@ async def walk(
         query["cursor"] = page["next_cursor"]
 
 
-async def every(api: Api, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+async def every(
+    api: Api, path: str, params: dict[str, str] | None = None, scope: Scope = Scope.READ
+) -> list[dict[str, Any]]:
     """All items of a cursor-paginated list."""
-    return [item for page in await walk(api, path, 100, params) for item in page]
+    return [item for page in await walk(api, path, 100, params, scope) for item in page]
 
 
 async def wait_for_state(api: Api, path: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -135,8 +142,9 @@ async def wait_for_state(api: Api, path: str, state: str, timeout: float = 10.0)
 
 
 async def sandbox_of(api: Api, message_id: str) -> list[dict[str, Any]]:
-    """What the sandbox provider recorded for one message."""
-    return await every(api, "/v1/sandbox/messages", {"message_id": message_id})
+    """What the sandbox provider recorded for one message, as a send key sees it (with the
+    people's preference links, which a read key is not shown)."""
+    return await every(api, "/v1/sandbox/messages", {"message_id": message_id}, Scope.SEND)
 
 
 async def deliveries_of(

@@ -121,11 +121,21 @@ async def finish_completed(session: AsyncSession, now: dt.datetime) -> int:
     return len(result.all())
 
 
-async def categories_used(session: AsyncSession, org_id: uuid.UUID, limit: int = 100) -> list[str]:
-    """Categories the organization has given its messages, in alphabetical order."""
+async def categories_sent_to(
+    session: AsyncSession, org_id: uuid.UUID, recipient_id: int, limit: int = 100
+) -> list[str]:
+    """Categories of the organization's messages that ``recipient_id`` had a delivery of, in
+    alphabetical order: what that person's preference page may name (never the categories of
+    messages sent only to others). One query, over the deliveries index by recipient."""
     rows = await session.execute(
         select(Message.category)
-        .where(Message.org_id == org_id, Message.category.is_not(None))
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(
+            Delivery.recipient_id == recipient_id,
+            Delivery.org_id == org_id,
+            Message.org_id == org_id,
+            Message.category.is_not(None),
+        )
         .distinct()
         .order_by(Message.category)
         .limit(limit)

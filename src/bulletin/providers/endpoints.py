@@ -60,13 +60,14 @@ async def put_channel(
     """Configure the organization's provider for a channel. Secret fields are write-only:
     leave one out to keep the stored value. Workers use the new configuration within
     ``BULLETIN_CHANNEL_REFRESH_SECONDS``."""
+    config.check_addresses(allow_private=svc.settings.allow_private_provider_addresses)
     async with svc.db.transaction() as session:
         out, created = await service.put(
             session, service.secret_box(svc.settings), principal.org_id, channel, config
         )
     response.status_code = 201 if created else 200
     await _use_now(svc)
-    return out
+    return service.with_webhook_url(out, svc.settings, principal.org_id)
 
 
 async def _use_now(svc: Services) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.configs import AnyProviderConfig, ProviderConfig
@@ -22,6 +22,7 @@ from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
 from bulletin.providers import repository
 from bulletin.providers.models import ChannelConfig
 from bulletin.providers.schemas import ChannelOut
+from bulletin.webhooks import accounts as webhooks
 
 CHANNELS = ("whatsapp", "email", "sms")
 _REQUIRED_SECRETS = {"whatsapp_cloud": ("access_token",), "twilio": ("auth_token",)}
@@ -55,13 +56,33 @@ def _join(row: ChannelConfig, box: SecretBox | None) -> AnyProviderConfig:
 
 def _view(channel: str, config: AnyProviderConfig, source: str) -> dict[str, Any]:
     plain, secret = _split(config)
+    settings = {k: v for k, v in plain.items() if k != "provider"}
+    if source == "environment":
+        # The installation's own account serves every organization without one: its settings
+        # (a phone number id, an account sid, a host, a username, an address) identify it, and
+        # naming it is what a forged webhook needs. An organization learns only that it is in
+        # use, and which of its secrets are set (names, which identify nothing).
+        settings = {}
     return {
         "channel": channel,
         "source": source,
         "provider": config.provider,
-        "settings": {k: v for k, v in plain.items() if k != "provider"},
+        "settings": settings,
         "secrets_set": sorted(secret),
     }
+
+
+def with_webhook_url(out: ChannelOut, settings: Settings, org_id: uuid.UUID) -> ChannelOut:
+    """``out`` with the address its provider must call back, for an organization's own account.
+
+    Each account has a webhook address of its own, so that a webhook is attributed only to the
+    account whose secret signed it. The environment's account and the sandbox get none here.
+    """
+    route = webhooks.ROUTES.get(out.channel)
+    if out.source != "organization" or route is None or route.provider != out.provider:
+        return out.model_copy(update={"webhook_url": None})
+    path = webhooks.webhook_path(out.channel, webhooks.account_key(org_id))
+    return out.model_copy(update={"webhook_url": f"{settings.base_url}{path}"})
 
 
 async def put(
@@ -89,6 +110,7 @@ async def put(
             "The configuration lacks a secret it needs.",
             [FieldError(("body", m), "required", "missing") for m in missing],
         )
+    full = _with_kept_secrets(config, plain, secret)
     if secret and box is None:
         raise Conflict(
             "This server cannot store provider secrets: it has no BULLETIN_SECRET_KEY. "
@@ -107,8 +129,55 @@ async def put(
     row.secrets = sealed
     row.updated_at = now
     await session.flush()
-    full = _CONFIG.validate_python({**plain, **secret})
     return _out(row, full), created
+
+
+#: Fields that a secret kept from before cannot do without, by provider.
+_KEPT_SECRET_NEEDS: dict[str, dict[str, tuple[str, ...]]] = {"smtp": {"password": ("username",)}}
+
+
+def _with_kept_secrets(
+    config: AnyProviderConfig, plain: dict[str, Any], secret: dict[str, str]
+) -> AnyProviderConfig:
+    """The configuration ``put`` stores: the fields sent, with the secrets kept from before.
+
+    A kept secret can need a field this ``PUT`` left out (a stored SMTP password needs a
+    username): that is a 422 naming the field, and, as for any other rule the whole breaks,
+    never an echo of the secret's value.
+    """
+    sent = set(config.model_fields_set)
+    absent = [
+        (kept, needed)
+        for kept, needs in _KEPT_SECRET_NEEDS.get(config.provider, {}).items()
+        if kept in secret and kept not in sent
+        for needed in needs
+        if plain.get(needed) is None
+    ]
+    if absent:
+        raise InvalidRequest(
+            "The configuration lacks a field that a secret stored before needs.",
+            [
+                FieldError(
+                    ("body", needed),
+                    f"required while a {kept} is stored: send it again, or DELETE the "
+                    f"channel to drop the {kept}",
+                    "missing",
+                )
+                for kept, needed in absent
+            ],
+        )
+    try:
+        return _CONFIG.validate_python({**plain, **secret})
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The configuration, with the secrets kept from before, is not valid.",
+            [
+                FieldError(
+                    ("body", *[p for p in e["loc"] if p != config.provider]), e["msg"], e["type"]
+                )
+                for e in exc.errors(include_input=False, include_url=False)
+            ],
+        ) from None
 
 
 def _out(row: ChannelConfig, config: AnyProviderConfig) -> ChannelOut:
@@ -132,7 +201,7 @@ async def get(
         raise NotFound(f"There is no channel {channel!r}; channels are {', '.join(CHANNELS)}.")
     row = await repository.get(session, org_id, channel)
     if row is not None:
-        return _out(row, _join(row, box))
+        return with_webhook_url(_out(row, _join(row, box)), settings, org_id)
     env = settings.provider_configs().get(channel)
     if env is not None:
         return ChannelOut.model_validate(_view(channel, env, "environment"))

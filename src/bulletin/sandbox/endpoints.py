@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from bulletin.api.common import Cursor, Limit
 from bulletin.api.deps import Reader, ServicesDep
 from bulletin.api.problems import responses
+from bulletin.orgs.keys import Scope
 from bulletin.sandbox import repository, schemas
 
 router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"], responses=responses(401, 403, 422, 503))
@@ -22,8 +23,12 @@ async def list_sandbox_messages(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> schemas.SandboxPage:
-    """What the sandbox provider accepted for this organization, oldest first."""
+    """What the sandbox provider accepted for this organization, oldest first.
+
+    People's preference links are shown to keys that can send; a ``read`` key gets
+    ``preference_url: null`` and every ``/p/<token>`` in the content as ``/p/[redacted]``."""
     async with svc.db.read() as session:
-        return await repository.page(
+        found = await repository.page(
             session, principal.org_id, message_id=message_id, cursor=cursor, limit=limit
         )
+    return found if principal.scope.allows(Scope.SEND) else found.without_preference_links()

@@ -6,7 +6,9 @@ choices (channels, topics, quiet hours and their time zone); ``POST /p/<token>``
 through the recipients service, with the same validation as the API's
 ``PUT /v1/recipients/{id}/preferences``, and shows a confirmation. The form carries a field
 derived from the link under another purpose and is refused from another site's page (its
-``Origin``), so a page elsewhere cannot submit it for the person.
+``Origin``), so a page elsewhere cannot submit it for the person. The page lists only the topics
+of messages the person was sent, and those they chose before (never the organization's other
+topics), and the form can change only those.
 
 ``/p/<token>/unsubscribe`` is the one-click unsubscribe of emails (RFC 8058): a GET only shows a
 button, because mail scanners open links on their own; a POST (the button, or the mail
@@ -120,8 +122,11 @@ def _reachable_channels(recipient: Recipient) -> list[str]:
 
 
 async def _categories(session: AsyncSession, recipient: Recipient) -> list[str]:
-    used = await messages.categories_used(session, recipient.org_id)
-    return sorted({*used, *recipient.categories})
+    """The topics the page offers: those of messages this person was sent, and those they
+    have a choice stored for; never the organization's other topics, which the link's holder
+    has no business learning."""
+    sent = await messages.categories_sent_to(session, recipient.org_id, recipient.id)
+    return sorted({*sent, *recipient.categories})
 
 
 def _stored_view(recipient: Recipient, categories: Iterable[str]) -> FormView:
@@ -178,11 +183,15 @@ async def show(token: str, svc: ServicesDep, key: SigningKey) -> HTMLResponse:
 
 
 def _origins(request: Request, base_url: str) -> set[str]:
-    """Origins a form of this site is posted from: the configured one and the one asked."""
+    """Origins a form of this site is posted from: the configured one and the one asked, and
+    ``null``: the page's ``Referrer-Policy: no-referrer`` (its address is a credential) makes
+    browsers send ``Origin: null`` on its own form. The form's check field, which only this
+    page can know, is what refuses a form from elsewhere; a named other site is refused too."""
     configured = urlsplit(base_url)
     return {
         f"{configured.scheme}://{configured.netloc}",
         f"{request.url.scheme}://{request.url.netloc}",
+        "null",
     }
 
 
@@ -203,11 +212,27 @@ def _error_lines(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _submitted(recipient: Recipient, form: dict[str, list[str]]) -> tuple[dict[str, Any], FormView]:
+def _may_choose(category: str, offered: set[str]) -> bool:
+    """Whether the form may set ``category``: one the page offers, or one so malformed that
+    validation will refuse it with a message saying why."""
+    if category in offered:
+        return True
+    try:
+        check_category(category)
+    except ValueError:
+        return True
+    return False
+
+
+def _submitted(
+    recipient: Recipient, form: dict[str, list[str]], topics: Iterable[str]
+) -> tuple[dict[str, Any], FormView]:
     """The preferences the form asks for, as the API's body, and the form as it was sent.
 
-    Channels and topics the form did not offer keep their stored choice. Anything the form
-    could not have offered (an unknown channel) is passed on, for validation to refuse.
+    Channels and topics the form did not offer keep their stored choice. An unknown channel or
+    a malformed topic is passed on, for validation to refuse; a well-formed topic the page
+    does not offer (``topics``: not sent to this person, no stored choice) is ignored, so that
+    a link cannot be used to store topics the organization never sent that person.
     """
     offered = _reachable_channels(recipient)
     ticked = form.get("channel", [])
@@ -221,8 +246,9 @@ def _submitted(recipient: Recipient, form: dict[str, list[str]]) -> tuple[dict[s
     }
     channels.update({c: c in ticked for c in offered})
     channels.update({c: True for c in ticked if c not in offered})
-    listed = form.get("category", [])
-    receive = form.get("receive", [])
+    offered_topics = set(topics)
+    listed = [c for c in form.get("category", []) if _may_choose(c, offered_topics)]
+    receive = [c for c in form.get("receive", []) if _may_choose(c, offered_topics)]
     categories = {
         **recipient.categories,
         **{c: c in receive for c in listed},
@@ -268,7 +294,7 @@ async def save(token: str, request: Request, svc: ServicesDep, key: SigningKey) 
         ):
             log.info("preferences.form_refused", recipient_id=recipient.id, cross_site=origin)
             return refused_page(_FORM_REFUSED, 403)
-        body, view = _submitted(recipient, form)
+        body, view = _submitted(recipient, form, await _categories(session, recipient))
         try:
             choices = schemas.OwnPreferencesIn.model_validate(body)
         except ValidationError as exc:

@@ -31,7 +31,7 @@ from bulletin.messages import repository as messages
 from bulletin.messages import schemas, service, templates
 from bulletin.messages.models import Message
 from bulletin.recipients.validation import check_timezone
-from bulletin.web.portal.render import PortalRoute, page
+from bulletin.web.portal.render import PathId, PortalRoute, page
 from bulletin.web.portal.security import CheckedPost, Posted, SignedInUser
 
 log = structlog.get_logger("bulletin.portal")
@@ -398,7 +398,7 @@ async def cancel(request: Request, posted: CheckedPost, message_id: uuid.UUID) -
 
 
 @router.post("/deliveries/{delivery_id}/resend")
-async def resend(request: Request, posted: CheckedPost, delivery_id: int) -> Response:
+async def resend(request: Request, posted: CheckedPost, delivery_id: PathId) -> Response:
     """Send an ``unknown`` delivery again, deliberately."""
     svc = _svc(request)
     async with svc.db.transaction() as session:

@@ -19,6 +19,7 @@ from bulletin.bootstrap import Services
 from bulletin.deliveries import repository as deliveries
 from bulletin.errors import InvalidRequest
 from bulletin.recipients import repository, service
+from bulletin.recipients.endpoints import ExternalIdPath
 from bulletin.web.portal.render import PortalRoute, page
 from bulletin.web.portal.security import CheckedPost, SignedInUser
 
@@ -167,7 +168,9 @@ async def import_csv(request: Request, posted: CheckedPost) -> Response:
 
 
 @router.get("/recipients/{external_id}")
-async def recipient(request: Request, viewer: SignedInUser, external_id: str) -> Response:
+async def recipient(
+    request: Request, viewer: SignedInUser, external_id: ExternalIdPath
+) -> Response:
     async with _svc(request).db.read() as session:
         person = await service.get(session, viewer.org_id, external_id)
         preferences = await service.get_preferences(session, viewer.org_id, external_id)

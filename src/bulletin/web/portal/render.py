@@ -5,18 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import jinja2
-from fastapi import Request, Response
+from fastapi import Path, Request, Response
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from bulletin import errors
+from bulletin.web.headers import PORTAL_HEADERS
 from bulletin.web.portal.security import CSRF_FIELD, CsrfRejected, SignInRequired
-from bulletin.web.rendering import PAGE_HEADERS
+
+#: A numeric id in a portal path: any other value (not digits, beyond the database's 64-bit ids)
+#: names nothing, and the page is a 404 like that of an id that does not exist.
+PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @functools.cache
@@ -37,7 +41,7 @@ def _when(value: dt.datetime | None) -> str:
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """The named template under ``portal/``, rendered."""
     html = environment().get_template(f"portal/{template}").render(**context)
-    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=PORTAL_HEADERS)
 
 
 def error_page(status: int, title: str, detail: str, problems: list[str] | None = None) -> Response:
@@ -68,6 +72,9 @@ class PortalRoute(APIRoute):
                 wanted = quote(request.url.path, safe="/")
                 return RedirectResponse(f"/portal/sign-in?next={wanted}", status_code=303)
             except RequestValidationError as exc:
+                if all(e.get("loc", ("",))[0] == "path" for e in exc.errors()):
+                    # A path that names nothing that can exist: the same page as a missing one.
+                    return error_page(404, "Not found", "There is no such page in the portal.")
                 listed = [
                     f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}"
                     for e in exc.errors()
