@@ -56,6 +56,15 @@ def normalize_email(email: str) -> str:
     return email
 
 
+def account_name(email: str) -> str:
+    """The account an email given at sign-in names (normalized when it is one), for throttling
+    and logs; bounded in length."""
+    try:
+        return normalize_email(email)
+    except ValueError:
+        return email.strip().lower()[:320]
+
+
 async def create_user(
     session: AsyncSession, org_id: uuid.UUID, email: str, name: str, password: str
 ) -> PortalUser:
@@ -90,6 +99,7 @@ async def sign_in(
     """A new session for the user with these credentials, or ``None``.
 
     Unknown emails, wrong passwords and disabled users are refused alike, in about the same time.
+    A success ends every other session of the user.
     """
     try:
         email = normalize_email(email)
@@ -104,12 +114,9 @@ async def sign_in(
     now = utcnow()
     token = secrets.token_urlsafe(32)
     csrf_token = secrets.token_urlsafe(32)
-    # Expired sessions of this user go now, so the table does not grow without end.
-    await session.execute(
-        delete(PortalSession).where(
-            PortalSession.user_id == user.id, PortalSession.expires_at <= now
-        )
-    )
+    # A new sign-in ends every other session of the person (one stolen or left open elsewhere
+    # stops working), and so expired ones go too.
+    await session.execute(delete(PortalSession).where(PortalSession.user_id == user.id))
     session.add(
         PortalSession(
             id=session_id(token),

@@ -8,7 +8,10 @@
   ``X-CSRF-Token`` header); every POST is checked, and one whose ``Origin`` names another
   host is refused outright.
 * The sign-in form, before there is a session, carries a nonce whose signed copy is in a
-  short-lived cookie (a double-submit token an attacker's page can neither read nor set).
+  short-lived cookie (a double-submit token an attacker's page can neither read nor set). A
+  nonce may be posted once, rightly or wrongly: the database keeps the used ones until the
+  cookie expires, so a form cannot be replayed to try password after password, in any process.
+* A new sign-in ends the person's other sessions.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from starlette.datastructures import FormData
 from bulletin.bootstrap import Services
 from bulletin.crypto import sign, signing_key, unsign
 from bulletin.errors import BulletinError
+from bulletin.ratelimits.middleware import client_address
+from bulletin.ratelimits.service import RateLimits
+from bulletin.ratelimits.signin import SignInGuard
 from bulletin.web.portal import accounts
 from bulletin.web.portal.accounts import Viewer
 
@@ -46,6 +52,10 @@ class SignInRequired(BulletinError):
 
 class CsrfRejected(BulletinError):
     """A POST without the right CSRF token, or from another site's page (403)."""
+
+
+class SignInFormUsed(BulletinError):
+    """A sign-in form posted a second time; the page asks to sign in again on a fresh form."""
 
 
 def _services(request: Request) -> Services:
@@ -177,7 +187,23 @@ async def check_sign_in_form(request: Request) -> FormData:
         raise CsrfRejected(
             "The sign-in form is out of date (or cookies are off). Reload the page and try again."
         )
+    if not await sign_in_guard(request).use_nonce(nonce, now(request), _SIGN_IN_LIFETIME):
+        log.warning("portal.sign_in_form_reused", client=client_address(request.scope))
+        raise SignInFormUsed("This sign-in form was already sent. Sign in again here.")
     return form
+
+
+def now(request: Request) -> dt.datetime:
+    """The time, from the clock the abuse limits use (injectable in tests)."""
+    limits: RateLimits = request.app.state.rate_limits
+    return dt.datetime.fromtimestamp(limits.clock(), dt.UTC)
+
+
+def sign_in_guard(request: Request) -> SignInGuard:
+    settings = _services(request).settings
+    return SignInGuard(
+        _services(request).db, settings.sign_in_failures_allowed, settings.sign_in_max_delay_seconds
+    )
 
 
 async def start_session(request: Request, response: Response, signed_in: accounts.SignedIn) -> None:

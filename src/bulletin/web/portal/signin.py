@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import structlog
@@ -10,14 +11,18 @@ from fastapi.responses import RedirectResponse, Response
 
 from bulletin.bootstrap import Services
 from bulletin.errors import NotFound
+from bulletin.ratelimits.middleware import client_address
 from bulletin.web.portal import accounts
 from bulletin.web.portal.render import PortalRoute, page
 from bulletin.web.portal.security import (
     SESSION_LIFETIME,
     CheckedPost,
+    SignInFormUsed,
     check_sign_in_form,
     end_session,
+    now,
     set_sign_in_cookie,
+    sign_in_guard,
     sign_in_nonce,
     start_session,
 )
@@ -49,20 +54,50 @@ async def sign_in_form(
     return await _form(request, _next(next_))
 
 
+def _wait_words(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{math.ceil(seconds / 60)} minutes"
+
+
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
-    form = await check_sign_in_form(request)
+    try:
+        form = await check_sign_in_form(request)
+    except SignInFormUsed as exc:
+        return await _form(request, "/portal/", 400, exc.detail)
     email = form.get("email")
     password = form.get("password")
     next_ = _next(str(form.get("next") or "/portal/"))
     if not isinstance(email, str) or not isinstance(password, str) or len(password) > 1000:
         return await _form(request, next_, 400, "Give an email and a password.")
     svc: Services = request.app.state.services
+    address = client_address(request.scope)
+    account = accounts.account_name(email)
+    guard = sign_in_guard(request)
+    admission = await guard.admit(account, address, now(request))
+    if not admission.allowed:
+        log.warning("portal.sign_in_throttled", email=account, client=address)
+        wait = _wait_words(admission.retry_after)
+        response = await _form(
+            request,
+            next_,
+            429,
+            f"Too many failed sign-ins for this account or from this address. "
+            f"Wait {wait}, then try again.",
+            email,
+        )
+        response.headers["Retry-After"] = str(admission.retry_after)
+        return response
     async with svc.db.transaction() as session:
         signed_in = await accounts.sign_in(session, email, password, SESSION_LIFETIME)
     if signed_in is None:
-        log.info("portal.sign_in_failed")
+        # Never the password: the email and the address say who is trying, and from where.
+        log.warning(
+            "portal.sign_in_failed", email=account, client=address, failures=admission.failures
+        )
         return await _form(request, next_, 401, "The email or the password is wrong.", email)
+    await guard.succeeded(account, address, now(request))
     log.info("portal.signed_in", user_id=str(signed_in.user.id), org_id=str(signed_in.user.org_id))
     response = RedirectResponse(next_, status_code=303)
     await start_session(request, response, signed_in)
