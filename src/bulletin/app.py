@@ -21,10 +21,13 @@ from bulletin.deliveries import endpoints as deliveries
 from bulletin.messages import endpoints as messages
 from bulletin.orgs import endpoints as organization
 from bulletin.orgs.service import KeyCache
+from bulletin.orgs.tasks import recording_key_uses
 from bulletin.providers import endpoints as channels
+from bulletin.ratelimits import middleware as ratelimits
 from bulletin.recipients import endpoints as recipients
 from bulletin.sandbox import endpoints as sandbox
 from bulletin.web import portal, preferences, unsubscribe
+from bulletin.web.headers import PageHeaders
 from bulletin.web.rendering import STATIC_PATH
 from bulletin.webhooks import endpoints as webhooks
 
@@ -75,7 +78,8 @@ def create_app(
             wait=False,
         ) as svc:
             app.state.services = svc
-            yield
+            async with recording_key_uses(svc.db, app.state.keys):
+                yield
 
     app = BulletinAPI(
         title="Bulletin",
@@ -88,6 +92,7 @@ def create_app(
     problems.install(app)
     app.add_middleware(health.StartupGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(PageHeaders)
     app.include_router(health.router)
     app.include_router(metrics_endpoint.router)
     app.include_router(recipients.router)
@@ -98,8 +103,11 @@ def create_app(
     app.include_router(sandbox.router)
     app.include_router(unsubscribe.router)
     app.include_router(organization.router)
+    app.include_router(organization.keys_router)
     # Before the preference routes, so that /p/static/... is never read as a link.
     app.mount(STATIC_PATH, StaticFiles(packages=[("bulletin.web", "static")]), name="static")
     app.include_router(preferences.router)
     portal.install(app)
+    # Outermost: per-address limits answer before anything else runs.
+    ratelimits.install(app, settings)
     return app

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated
 
 import structlog
@@ -18,11 +20,12 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin import logs, metrics, migrate, supervisor
 from bulletin.app import create_app
-from bulletin.bootstrap import open_database, running, wait_for_database
+from bulletin.bootstrap import Prepare, open_database, running, wait_for_database
 from bulletin.config import Settings, normalize_database_url
 from bulletin.crypto import generate_key
 from bulletin.db import Database
@@ -61,38 +64,111 @@ def _settings() -> Settings:
     return settings
 
 
-def _show_key(key: IssuedKey, title: str, portal: str = "") -> None:
+def _show_key(key: IssuedKey, title: str) -> None:
     out.print(
         Panel.fit(
             f"organization  {key.org_id}\n"
             f"scope         {key.scope.value}\n"
             f"API key       [bold]{key.secret}[/bold]\n"
-            f"{portal}\n"
-            "This is shown once. Keep it somewhere safe.",
+            "\nThis is shown once. Keep it somewhere safe.",
             title=title,
         )
     )
 
 
 FIRST_PORTAL_EMAIL = "admin@bulletin.local"
+#: The first start's credentials file, beside the SQLite database or in the working directory.
+CREDENTIALS_FILE = "bulletin-credentials.txt"
 
 
-async def _first_start(db: Database) -> None:
+def _first_start_lines(key: IssuedKey, password: str) -> str:
+    # One item a line: a narrow terminal would wrap a long line inside the password.
+    return (
+        f"organization  {key.org_id}\n"
+        f"scope         {key.scope.value}\n"
+        f"API key       {key.secret}\n"
+        "portal        /portal\n"
+        f"email         {FIRST_PORTAL_EMAIL}\n"
+        f"password      {password}\n"
+    )
+
+
+def credentials_path(settings: Settings) -> Path:
+    """Where the first start writes its credentials when no one is watching a terminal."""
+    if settings.credentials_file:
+        return Path(settings.credentials_file)
+    if settings.is_sqlite:
+        database = make_url(settings.database_url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return Path(database).parent / CREDENTIALS_FILE
+    return Path(CREDENTIALS_FILE)
+
+
+def write_credentials(path: Path, text: str) -> Path:
+    """Write ``text`` to a new file that only its owner can read, and return its absolute path.
+
+    The file is created with mode 0600 in one step (never readable by others, not even for
+    an instant), never overwrites anything and never follows a link: when ``path`` exists (an
+    earlier installation's), ``name-1.txt``, ``name-2.txt``... is used instead.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for n in range(100):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            fd = os.open(candidate, flags, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        return candidate.absolute()
+    raise FileExistsError(f"{path} and 99 numbered files beside it exist already")
+
+
+def _first_start(settings: Settings) -> Prepare:
     """On an empty database, create the default organization, its admin key and a portal
-    user, and print the key and the user's password (each shown once)."""
-    password = new_password()
-    async with db.transaction() as session:
-        key = await orgs.create_default_if_empty(session)
-        if key is not None:
+    user, and hand the key and the user's password over once.
+
+    On a terminal they are shown in a panel. Otherwise (a service manager, a container, a
+    pipe: whatever captures the output keeps it) they are written to a file only the owner
+    can read (see :func:`write_credentials`), and the log says where. The file is written
+    before the transaction commits: if it cannot be, nothing is created, and the next start
+    tries again, instead of leaving an organization whose key no one ever saw.
+    """
+
+    async def first_start(db: Database) -> None:
+        password = new_password()
+        on_terminal = sys.stdout.isatty()
+        written: Path | None = None
+        async with db.transaction() as session:
+            key = await orgs.create_default_if_empty(session)
+            if key is None:
+                return
             await accounts.create_user(session, key.org_id, FIRST_PORTAL_EMAIL, "Admin", password)
-    if key is not None:
-        _show_key(
-            key,
-            "Bulletin is set up",
-            # One item a line: a narrow terminal would wrap a long line inside the password.
-            portal=f"portal        /portal\nemail         [bold]{FIRST_PORTAL_EMAIL}[/bold]\n"
-            f"password      [bold]{password}[/bold]\n",
-        )
+            text = _first_start_lines(key, password)
+            if not on_terminal:
+                target = credentials_path(settings)
+                try:
+                    written = write_credentials(
+                        target,
+                        "Bulletin is set up. This is shown once: keep it somewhere safe, then "
+                        f"delete this file.\n\n{text}",
+                    )
+                except OSError as exc:  # not an outage: the start fails, saying why
+                    raise RuntimeError(
+                        f"cannot write the first start's credentials to {target}: "
+                        f"{exc.strerror or exc}; set BULLETIN_CREDENTIALS_FILE"
+                    ) from None
+        if written is not None:
+            log.warning("first_start.credentials_written", path=str(written))
+        else:
+            out.print(
+                Panel.fit(
+                    f"{text}\nThis is shown once. Keep it somewhere safe.",
+                    title="Bulletin is set up",
+                )
+            )
+
+    return first_start
 
 
 @app.command()
@@ -138,7 +214,9 @@ def serve(
     if not shared_port:
         out.print(f"Bulletin on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     config = uvicorn.Config(
-        create_app(settings, run_worker=worker, migrate_it=migrate_, prepare=_first_start),
+        create_app(
+            settings, run_worker=worker, migrate_it=migrate_, prepare=_first_start(settings)
+        ),
         host=host,
         port=port,
         log_level=settings.log_level,
@@ -146,6 +224,8 @@ def serve(
         # and its own http.request line, with the request id, replaces the access log.
         log_config=None,
         access_log=False,
+        # Only these proxies may name the client (X-Forwarded-For): per-address limits count it.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     sockets = None
@@ -318,6 +398,89 @@ def keys_create(
         err.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(1) from None
     _emit(key, as_json, f"New {scope.value} key")
+
+
+@keys_app.command("list")
+def keys_list(
+    org: Annotated[str, typer.Option("--org", help="Organization id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """List an organization's API keys (never their secrets), revoked ones included."""
+    settings = _settings()
+    org_id = _org_id(org)
+
+    async def run() -> list[dict[str, object]]:
+        db = open_database(settings)
+        try:
+            await wait_for_database(db, migrate_it=True)
+            async with db.read() as session:
+                await orgs.get_organization(session, org_id)  # NotFound if there is none
+                keys: list[dict[str, object]] = []
+                cursor = None
+                while True:
+                    page = await orgs.page_keys(session, org_id, cursor, 1000)
+                    keys += [k.model_dump(mode="json") for k in page.items]
+                    if page.next_cursor is None:
+                        return keys
+                    cursor = page.next_cursor
+        finally:
+            await db.dispose()
+
+    try:
+        keys = asyncio.run(run())
+    except NotFound as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(keys))
+        return
+    table = Table("id", "name", "scope", "prefix", "created", "last used", "revoked")
+    for key in keys:
+        table.add_row(
+            *(str(key[field] or "") for field in ("id", "name", "scope", "prefix", "created_at")),
+            str(key["last_used_at"] or "never"),
+            str(key["revoked_at"] or ""),
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (see 'bulletin keys list').")],
+    org: Annotated[
+        str | None, typer.Option("--org", help="Only if the key belongs to this organization.")
+    ] = None,
+) -> None:
+    """Revoke an API key. Running servers refuse it within BULLETIN_API_KEY_CACHE_SECONDS.
+
+    An organization's last active admin key cannot be revoked: create another first.
+    """
+    settings = _settings()
+    try:
+        key_id = uuid.UUID(key)
+    except ValueError:
+        err.print(f"[red]{key!r} is not a key id.[/red]")
+        raise typer.Exit(2) from None
+    org_id = _org_id(org) if org is not None else None
+
+    async def run() -> None:
+        db = open_database(settings)
+        try:
+            await wait_for_database(db, migrate_it=True)
+            async with db.transaction() as session:
+                await orgs.revoke_key(session, key_id, org_id=org_id)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except (NotFound, Conflict) as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    err.print(
+        f"Key {key_id} revoked. Running servers refuse it within "
+        f"{settings.api_key_cache_seconds:g} s (BULLETIN_API_KEY_CACHE_SECONDS)."
+    )
 
 
 @users_app.command("add")

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(
         default="console", description="'json' for one JSON object per line."
     )
+    credentials_file: str | None = Field(
+        default=None,
+        description="Where `bulletin serve` writes the first start's admin key and portal "
+        "password (mode 0600) when its output is not a terminal; by default "
+        "bulletin-credentials.txt beside the SQLite database, or in the working directory.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=1,
@@ -73,6 +79,42 @@ class Settings(BaseSettings):
         ge=0,
         description="How long an API process trusts a key it has found valid before reading it "
         "again; a key revoked in the database may work for this long. 0 reads it every time.",
+    )
+
+    # Abuse limits (rates in the notation of the `limits` library: "1000/second", "30/minute").
+    rate_limit_read: str = Field(
+        default="2000/second", description="Requests per API key to routes that need 'read'."
+    )
+    rate_limit_send: str = Field(
+        default="2000/second",
+        description="Requests per API key to routes that need 'send' (each may carry a batch).",
+    )
+    rate_limit_admin: str = Field(
+        default="200/second", description="Requests per API key to routes that need 'admin'."
+    )
+    rate_limit_webhooks: str = Field(
+        default="5000/second", description="Provider webhook posts per client address."
+    )
+    rate_limit_pages: str = Field(
+        default="600/minute",
+        description="Preference-page and unsubscribe requests per client address.",
+    )
+    rate_limit_sign_in: str = Field(
+        default="30/minute", description="Portal sign-in posts per client address."
+    )
+    sign_in_failures_allowed: int = Field(
+        default=5,
+        ge=1,
+        description="Failed portal sign-ins of one account before each further attempt must "
+        "wait (1 s, then doubling); one address gets four times as many.",
+    )
+    sign_in_max_delay_seconds: float = Field(
+        default=900.0, gt=0, description="Longest wait between sign-in attempts of one account."
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies trusted to name the client address (X-Forwarded-For), comma-"
+        "separated, or '*'; per-address limits count the address they name.",
     )
 
     # Database tuning.
@@ -158,6 +200,12 @@ class Settings(BaseSettings):
     provider_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Longest wait to connect to a provider."
     )
+    allow_private_provider_addresses: bool = Field(
+        default=False,
+        description="Let providers (organizations' own and the ones set here) be reached over "
+        "plain http, on any SMTP port, and at loopback, private or link-local addresses: for "
+        "a relay on your own network, or local stand-ins. Off, such an address is refused.",
+    )
     # Providers for every organization without its own (a single-organization install).
     whatsapp_phone_number_id: str | None = Field(
         default=None, description="WhatsApp Cloud API sending number id; enables WhatsApp."
@@ -207,6 +255,26 @@ class Settings(BaseSettings):
     @classmethod
     def _driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator(
+        "rate_limit_read",
+        "rate_limit_send",
+        "rate_limit_admin",
+        "rate_limit_webhooks",
+        "rate_limit_pages",
+        "rate_limit_sign_in",
+    )
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            item = parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate such as '1000/second': {exc}") from exc
+        if item.amount < 1:
+            raise ValueError(f"{value!r} allows nothing")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -42,6 +42,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: When the key last authenticated a request, to about a minute: each process notes uses
+    #: in memory and writes them in one batch now and then (see ``orgs.service.KeyCache``).
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class InstanceSecret(Base):
