@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from api_helpers import add_people, body_of, person, problem
 from conftest import Api
 
-#: Far longer than any of these requests takes; the listing the finding broke took minutes.
-QUICK_SECONDS = 5.0
+#: A guard against a stall, not a measure of speed (tests never time anything): these requests
+#: take milliseconds, the stalls this file reproduces took minutes, and a shared machine under
+#: load must never make a healthy answer look like one.
+QUICK_SECONDS = 60.0
 
 
 def nested_text(levels: int, inner: str = "1") -> str:
