@@ -228,8 +228,10 @@ class RequestSecrets:
         if "json" in self._content_type:
             try:
                 return secret_values_of(json.loads(text))
-            except ValueError:
-                return set()  # a cut or broken body: the patterns still mask "name": "value"
+            except (ValueError, RecursionError):
+                # A cut, broken or too deeply nested body (logging its refusal must not fail in
+                # turn): the patterns still mask "name": "value".
+                return set()
         if "x-www-form-urlencoded" in self._content_type:
             found: set[str] = set()
             for name, value in parse_qsl(text, keep_blank_values=True):

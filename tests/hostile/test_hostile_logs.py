@@ -373,3 +373,22 @@ def test_a_served_process_writes_no_secret_to_its_output(tmp_path: Path, fmt: st
     assert "http.request" in written  # the request lines are there
     leaked = s.found_in(written)
     assert leaked == [], f"{leaked} leaked:\n{written}"
+
+
+async def test_a_body_too_deep_to_parse_is_refused_while_logging_reads_requests(
+    hostile_api: Api, log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The refusal of a deep body is logged, and logging looks for the body's secrets: that look
+    # parsed the body again and raised RecursionError, turning the 422 into a 500.
+    configure_logs(log_format)
+    deep = b"[" * 100_000
+    for path, content_type, status in [
+        ("/v1/webhooks/whatsapp", "application/json", 422),
+        ("/v1/webhooks/whatsapp", "application/vnd.example+json", 422),
+        ("/v1/recipients/batch", "application/json", 422),
+    ]:
+        headers = {"Content-Type": content_type, "X-Hub-Signature-256": "sha256=00"}
+        headers |= hostile_api.headers(Scope.SEND)
+        answer = await hostile_api.client.post(path, content=deep, headers=headers)
+        assert answer.status_code == status, (path, content_type, answer.text)
+    assert "api.unhandled_error" not in capsys.readouterr().err
