@@ -57,6 +57,16 @@ def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
     return position
 
 
+def decode_uuid_cursor(cursor: str | None) -> uuid.UUID | None:
+    """The id inside a cursor of a list ordered by a UUID (``None`` without a cursor)."""
+    if not cursor:
+        return None
+    try:
+        return uuid.UUID(str(decode_cursor(cursor, str)))
+    except ValueError as exc:
+        raise _bad_cursor() from exc
+
+
 def _bad_cursor() -> InvalidRequest:
     return InvalidRequest(
         "The cursor is not one this server gave out.",

@@ -14,7 +14,7 @@ from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
-from bulletin.ids import decode_cursor, encode_cursor, uuid7
+from bulletin.ids import decode_uuid_cursor, encode_cursor, uuid7
 from bulletin.messages import repository, schemas, templates
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
@@ -231,15 +231,7 @@ async def notification(
 async def page_announcements(
     session: AsyncSession, org_id: uuid.UUID, cursor: str | None, limit: int
 ) -> schemas.AnnouncementPage:
-    before = None
-    if cursor:
-        try:
-            before = uuid.UUID(str(decode_cursor(cursor, str)))
-        except ValueError as exc:
-            raise InvalidRequest(
-                "The cursor is not one this server gave out.",
-                [FieldError(("query", "cursor"), "not a valid cursor", "cursor_invalid")],
-            ) from exc
+    before = decode_uuid_cursor(cursor)
     found = await repository.page(session, org_id, ANNOUNCEMENT, before, limit + 1)
     more = len(found) > limit
     found = found[:limit]

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import utcnow
-from bulletin.errors import AuthenticationFailed, Conflict, FieldError, InvalidRequest, NotFound
-from bulletin.ids import decode_cursor, encode_cursor
+from bulletin.errors import AuthenticationFailed, Conflict, NotFound
+from bulletin.ids import decode_uuid_cursor, encode_cursor
 from bulletin.orgs import repository, schemas
 from bulletin.orgs.keys import Scope, digest, display_prefix, new_secret
 from bulletin.orgs.models import ApiKey, Organization
@@ -183,15 +183,7 @@ async def page_keys(
     session: AsyncSession, org_id: uuid.UUID, cursor: str | None, limit: int
 ) -> schemas.KeyPage:
     """The organization's keys, revoked ones included, oldest first."""
-    after = None
-    if cursor:
-        try:
-            after = uuid.UUID(str(decode_cursor(cursor, str)))
-        except ValueError as exc:
-            raise InvalidRequest(
-                "The cursor is not one this server gave out.",
-                [FieldError(("query", "cursor"), "not a valid cursor", "cursor_invalid")],
-            ) from exc
+    after = decode_uuid_cursor(cursor)
     found = await repository.page_keys(session, org_id, after, limit + 1)
     more = len(found) > limit
     found = found[:limit]
