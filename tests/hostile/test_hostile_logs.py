@@ -35,6 +35,7 @@ from bulletin.app import create_app
 from bulletin.bootstrap import Services
 from bulletin.crypto import generate_key
 from bulletin.orgs.keys import Scope
+from bulletin.providers import repository as providers_repository
 from bulletin.providers import service as providers
 from conftest import Api, make_settings
 
@@ -118,9 +119,8 @@ async def _explode(request: Request) -> None:
     authorization = request.headers.get("authorization", "")
     in_a_local = request.query_params.get("local", "")
     async with svc.db.read() as session:
-        [(_, config)] = await providers.accounts(
-            session, providers.secret_box(svc.settings), svc.settings, "smtp"
-        )
+        [row] = await providers_repository.of_provider(session, "smtp")
+        config = providers.open_config(row, providers.secret_box(svc.settings))
     password = getattr(config, "password", None)
     smtp_password = password.get_secret_value() if password is not None else ""
     assert in_a_local

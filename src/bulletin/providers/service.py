@@ -45,7 +45,9 @@ def _split(config: AnyProviderConfig) -> tuple[dict[str, Any], dict[str, str]]:
     return plain, secret
 
 
-def _join(row: ChannelConfig, box: SecretBox | None) -> AnyProviderConfig:
+def open_config(row: ChannelConfig, box: SecretBox | None) -> AnyProviderConfig:
+    """A stored configuration with its secrets opened; raises :class:`Conflict` without a key
+    to open them, :class:`~bulletin.crypto.SecretKeyError` with the wrong one."""
     secrets: dict[str, str] = {}
     if row.secrets:
         if box is None:
@@ -201,7 +203,7 @@ async def get(
         raise NotFound(f"There is no channel {channel!r}; channels are {', '.join(CHANNELS)}.")
     row = await repository.get(session, org_id, channel)
     if row is not None:
-        return with_webhook_url(_out(row, _join(row, box)), settings, org_id)
+        return with_webhook_url(_out(row, open_config(row, box)), settings, org_id)
     env = settings.provider_configs().get(channel)
     if env is not None:
         return ChannelOut.model_validate(_view(channel, env, "environment"))
@@ -237,23 +239,9 @@ def stored_loader(db: Database, box: SecretBox | None) -> StoredLoader:
             rows = await repository.by_keys(session, changed)
         found: dict[tuple[uuid.UUID, str], tuple[int, AnyProviderConfig | None]] = {}
         for row in rows:
-            found[(row.org_id, row.channel)] = (row.version, _join(row, box))
+            found[(row.org_id, row.channel)] = (row.version, open_config(row, box))
         for gone in set(known) - set(current):
             found[gone] = (-1, None)
         return found
 
     return load
-
-
-async def accounts(
-    session: AsyncSession, box: SecretBox | None, settings: Settings, provider: str
-) -> list[tuple[uuid.UUID | None, AnyProviderConfig]]:
-    """Every account of one provider: (organization, configuration); ``None`` is the
-    environment's, which serves every organization without its own."""
-    found: list[tuple[uuid.UUID | None, AnyProviderConfig]] = [
-        (row.org_id, _join(row, box)) for row in await repository.of_provider(session, provider)
-    ]
-    for config in settings.provider_configs().values():
-        if config.provider == provider:
-            found.append((None, config))
-    return found

@@ -14,13 +14,12 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Inbound, Receipt
 from bulletin.channels.configs import (
     AnyProviderConfig,
-    ProviderConfig,
     TwilioConfig,
     WhatsAppCloudConfig,
 )
@@ -28,14 +27,13 @@ from bulletin.config import Settings
 from bulletin.crypto import SecretBox, SecretKeyError
 from bulletin.db import utcnow
 from bulletin.deliveries import receipts
+from bulletin.errors import Conflict
 from bulletin.providers import repository as providers
-from bulletin.providers.service import secret_box
+from bulletin.providers.service import open_config, secret_box
 from bulletin.webhooks import repository
 from bulletin.webhooks.accounts import DEFAULT_ACCOUNT, ROUTES, Route, parse_account_key
 
 log = structlog.get_logger("bulletin.webhooks")
-
-_CONFIG: TypeAdapter[AnyProviderConfig] = TypeAdapter(ProviderConfig)
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,9 @@ async def _stored(
     row = await providers.get(session, org_id, channel)
     if row is None or row.provider != route.provider:
         return None
-    if row.secrets and box is None:
-        log.error("webhooks.config_unreadable", org_id=str(org_id), channel=channel)
-        return None
     try:
-        secrets = box.open(row.secrets) if row.secrets and box is not None else {}
-        return _CONFIG.validate_python({**row.settings, **secrets})
-    except (SecretKeyError, ValidationError) as exc:
+        return open_config(row, box)
+    except (Conflict, SecretKeyError, ValidationError) as exc:
         # Only the kind of error: the message could quote a stored value.
         log.error(  # noqa: TRY400 - a traceback would carry the secrets in its locals
             "webhooks.config_unreadable",
