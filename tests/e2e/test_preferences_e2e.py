@@ -37,7 +37,8 @@ async def test_an_email_carries_the_link_in_its_footer_and_one_click_headers(
     [mail] = stack.smtp.received
     email = mail.message
 
-    assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The stack is served over http: the link is listed, but one-click needs https (RFC 8058).
+    assert "List-Unsubscribe-Post" not in email
     one_click = str(email["List-Unsubscribe"]).strip().strip("<>")
     assert one_click.startswith(f"{stack.base_url}/p/")
     assert one_click.endswith("/unsubscribe")  # no category: it unsubscribes from email

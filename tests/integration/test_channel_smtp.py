@@ -116,8 +116,8 @@ async def test_the_email_arrives_with_encoded_headers_and_both_parts(
     assert email["To"].addresses[0].addr_spec == RECIPIENT
     assert email["Subject"] == "Wasser: Störung in Köln ☔"
     assert email["Date"].datetime is not None
-    assert email["Message-ID"] == "<bulletin.42@water.example.org>"
-    assert accepted.provider_message_id == "<bulletin.42@water.example.org>"
+    assert email["Message-ID"] == f"<bulletin.{message.message_id}.42@water.example.org>"
+    assert accepted.provider_message_id == email["Message-ID"]
     assert email["X-Bulletin-Delivery"] == "42"
     assert email["Auto-Submitted"] == "auto-generated"
     assert email["List-Unsubscribe"] == "<https://bulletin.example.org/u/abc?x=1&y=2>"
@@ -164,12 +164,14 @@ async def test_a_given_html_part_is_sent_as_it_is(
 async def test_a_resend_of_one_delivery_has_the_same_message_id(
     provider: SmtpProvider, server: SmtpServer
 ) -> None:
-    first = await provider.send(make_message(7))
-    again = await provider.send(make_message(7, attempt=2))
-    other = await provider.send(make_message(8))
+    message = make_message(7)
+    first = await provider.send(message)
+    again = await provider.send(make_message(7, attempt=2, message_id=message.message_id))
+    other = await provider.send(make_message(8, message_id=message.message_id))
 
     ids = [received.message["Message-ID"] for received in server.received]
-    assert ids == ["<bulletin.7@water.example.org>"] * 2 + ["<bulletin.8@water.example.org>"]
+    prefix = f"<bulletin.{message.message_id}"
+    assert ids == [f"{prefix}.7@water.example.org>"] * 2 + [f"{prefix}.8@water.example.org>"]
     assert first.provider_message_id == again.provider_message_id != other.provider_message_id
 
 

@@ -1,8 +1,12 @@
 """Email through an SMTP server (a relay, or an email service's SMTP endpoint), with aiosmtplib.
 
 :func:`build_email` turns a delivery into a MIME message: ``multipart/alternative`` with a
-plain-text and an HTML part, UTF-8 throughout, and a ``Message-ID`` made from the delivery id, so
-that a resend of a delivery whose outcome was unknown is recognisable as the same message.
+plain-text and an HTML part, UTF-8 throughout, and a ``Message-ID`` unique in the world and the
+same for every attempt (:func:`message_id`), so that a resend of a delivery whose outcome was
+unknown is recognisable as the same message. :func:`wire_bytes` writes it for SMTP: the email
+package's ``policy.SMTP``, except for the headers Bulletin folds itself (:class:`WirePolicy`):
+list headers and message ids stay as RFC 2369 and RFC 5322 write them, never as RFC 2047
+encoded words, and the ``Subject`` is encoded only where it has to be.
 
 :class:`SmtpProvider` keeps a small pool of open connections and sends one message per SMTP
 transaction (``MAIL FROM``, ``RCPT TO``, ``DATA``). SMTP has no idempotency key, so the provider
@@ -34,16 +38,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import email.policy
 import html
 import re
 import socket
 import ssl
 from dataclasses import dataclass
+from email.charset import Charset
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiosmtplib
 import structlog
@@ -78,6 +84,37 @@ _ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _ADDRESS_SUBJECTS = frozenset({"0", "1", "2"})
 _BLANK_LINES = re.compile(r"\n[ \t]*\n+")
 
+#: The longest a line of a message may be, CRLF not counted (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6).
+MAX_LINE_OCTETS = 998
+#: Where header lines are folded when whitespace allows: within RFC 5322's 78 and RFC 2047's 76
+#: for lines holding encoded words.
+_FOLD_WIDTH = 76
+#: The longest an RFC 2047 encoded word may be.
+_ENCODED_WORD_MAX = 75
+#: Headers whose values are message ids or angle-bracketed URIs (RFC 5322 3.6.4, RFC 2369,
+#: RFC 2919, RFC 8058): written as they are, folded only at their own whitespace.
+_IDENTIFIER_HEADERS = frozenset(
+    {
+        "message-id",
+        "in-reply-to",
+        "references",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "list-help",
+        "list-subscribe",
+        "list-post",
+        "list-owner",
+        "list-archive",
+    }
+)
+#: Unstructured text headers that Bulletin encodes and folds itself.
+_TEXT_HEADERS = frozenset({"subject"})
+_WRITTEN_HEADERS = _IDENTIFIER_HEADERS | _TEXT_HEADERS
+_UTF8 = Charset("utf-8")
+# Characters that cannot stand in an angle-bracketed URI of a list header (RFC 2369, RFC 3986).
+_NOT_IN_URI = re.compile(r"[\x00-\x20<>\"\x7f]")
+
 
 def build_email(
     message: OutboundMessage, config: SmtpConfig, *, now: dt.datetime | None = None
@@ -88,18 +125,20 @@ def build_email(
     """
     sender = wire_address(config.from_address)
     recipient = wire_address(message.address)
-    email_message = EmailMessage(policy=email.policy.default)
+    email_message = EmailMessage(policy=_BUILD)
     email_message["From"] = _mailbox(config.from_name, sender)
     email_message["To"] = _mailbox(message.recipient_name, recipient)
     email_message["Subject"] = _one_line(message.title)
     email_message["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
-    email_message["Message-ID"] = message_id(message.delivery_id, config.from_address)
+    email_message["Message-ID"] = message_id(message, config.from_address)
     email_message["X-Bulletin-Delivery"] = str(message.delivery_id)
     email_message["Auto-Submitted"] = "auto-generated"
     if message.unsubscribe_url:
-        email_message["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-        # RFC 8058: a mail client may unsubscribe with one POST, without opening a page.
-        email_message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        email_message["List-Unsubscribe"] = _angle_uri(message.unsubscribe_url)
+        # RFC 8058: a mail client may unsubscribe with one POST, without opening a page, but
+        # only to an https link; a receiver ignores the claim with any other.
+        if urlsplit(message.unsubscribe_url).scheme.lower() == "https":
+            email_message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     # Quoted-printable keeps both parts 7-bit clean with short lines, so the message passes
     # through any server, including one without 8BITMIME.
     email_message.set_content(
@@ -180,10 +219,165 @@ def text_footer(message: OutboundMessage) -> str:
     return f"\n\n-- \nManage your preferences: {message.preferences_url}\n"
 
 
-def message_id(delivery_id: int, from_address: str) -> str:
-    """The ``Message-ID`` of a delivery: the same for every attempt to send it."""
+def message_id(message: OutboundMessage, from_address: str) -> str:
+    """The ``Message-ID`` of a delivery: ``<bulletin.{message id}.{delivery id}@{from domain}>``.
+
+    It must be unique in the world (RFC 5322 3.6.4), and the same for every attempt to send the
+    delivery, so that a resend of one whose outcome was unknown carries the id of the first
+    attempt and a receiver can recognise the copy. The delivery id alone is stable but repeats
+    between installations, because every database counts deliveries from 1; the sender's domain
+    does not tell them apart either when two installations send from one domain. The message's
+    id is a UUIDv7 made when the message was created (a millisecond time and 62 random bits), so
+    no other installation has it, and with the delivery id it names one delivery of that
+    message. Both are fixed before the first attempt. A random id per attempt would be unique
+    but would change between attempts; one stored per delivery would add a column for what
+    these two already give. The message id is written as the API shows it, so an operator can
+    find the message from a mail log.
+    """
     domain = wire_address(from_address).rpartition("@")[2]
-    return f"<bulletin.{delivery_id}@{domain}>"
+    return f"<bulletin.{message.message_id}.{message.delivery_id}@{domain}>"
+
+
+class WirePolicy(EmailPolicy):
+    """``email.policy.default`` (``SMTP`` with ``linesep="\\r\\n"``, ``SMTPUTF8`` with
+    ``utf8=True`` too), except for the headers Bulletin writes itself.
+
+    The email package folds a header line past 78 characters, and where it cannot break a long
+    word (a URL) it rewrites the whole value as RFC 2047 encoded words: ``List-Unsubscribe``
+    became ``=?utf-8?q?=3Chttps=3A//...?=``, which no mail client reads as a list header, so
+    the email lost its one-click unsubscribe. Encoded words are for text, not for URIs or
+    message ids (RFC 2047 5). Its folding also puts a second space before an encoded word that
+    it moves to a new line, which changes a ``Subject``. So identifier headers
+    (:data:`_IDENTIFIER_HEADERS`) are written as they are and folded only at their own
+    whitespace, a long URL staying whole on its line (up to :data:`MAX_LINE_OCTETS`), and the
+    ``Subject`` is encoded only when it needs to be (:func:`_fold_text`). The other headers
+    (addresses, MIME) are the email package's.
+
+    These headers are stored as given, so a message must be built with this policy too, not
+    only written with it: the email package parses a value when it is set, and would decode a
+    title's text that merely looks like an encoded word. Reading one back still parses it.
+    """
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        """The value as given for the headers written here; parsed as usual for the others."""
+        # The parent refuses a value with a line break in it, for these headers too.
+        stored = super().header_store_parse(name, value)
+        if isinstance(value, str) and name.lower() in _WRITTEN_HEADERS:
+            return name, value
+        return stored
+
+    def fold(self, name: str, value: Any) -> str:
+        """``name: value`` as it is written, lines ended with ``linesep``."""
+        written = _fold_header(name, str(value), utf8=self.utf8, linesep=self.linesep)
+        return super().fold(name, value) if written is None else written
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        """:meth:`fold` as bytes: ASCII, or UTF-8 with ``utf8`` (SMTPUTF8, RFC 6532)."""
+        written = _fold_header(name, str(value), utf8=self.utf8, linesep=self.linesep)
+        if written is None:
+            return super().fold_binary(name, value)
+        return written.encode("utf-8" if self.utf8 else "ascii")
+
+
+#: A message is built at 76: the email package writes quoted-printable lines as long as the
+#: policy's line length, 78 by default, and RFC 2045 6.7 allows 76.
+_BUILD = WirePolicy(max_line_length=76)
+_WIRE = WirePolicy(linesep="\r\n")
+_WIRE_UTF8 = _WIRE.clone(utf8=True)
+
+
+def wire_bytes(message: EmailMessage, *, utf8: bool = False) -> bytes:
+    """``message`` as it goes in SMTP ``DATA``: CRLF line ends, no line over 998 octets.
+
+    ``utf8`` writes non-ASCII header text as UTF-8 (for a server that takes SMTPUTF8) instead
+    of encoded words. Raises ``ValueError`` when a header cannot be written within the limits.
+    """
+    return message.as_bytes(policy=_WIRE_UTF8 if utf8 else _WIRE)
+
+
+def _fold_header(name: str, value: str, *, utf8: bool, linesep: str) -> str | None:
+    """The header as Bulletin writes it, or ``None`` when the email package writes it."""
+    if name.lower() in _IDENTIFIER_HEADERS:
+        if not value.isascii():
+            raise ValueError(f"the {name} header may hold only ASCII (URIs and message ids)")
+        return _fold_words(name, value.split(), linesep)
+    if name.lower() in _TEXT_HEADERS:
+        return _fold_text(name, value, utf8=utf8, linesep=linesep)
+    return None
+
+
+def _fold_words(name: str, words: list[str], linesep: str) -> str:
+    """``name: word word ...``, a line started wherever the next word would pass the fold
+    width. A word is never split: a long one takes a line of its own."""
+    lines = [f"{name}:"]
+    for index, word in enumerate(words):
+        if index and len(lines[-1]) + 1 + len(word) > _FOLD_WIDTH:
+            lines.append("")
+        lines[-1] += f" {word}"
+    return _joined(name, lines, linesep)
+
+
+def _fold_text(name: str, text: str, *, utf8: bool, linesep: str) -> str:
+    """An unstructured header (RFC 5322 3.2.5), its words separated by single spaces.
+
+    The text goes as it is when every word can: ASCII, or any text with ``utf8`` (RFC 6532).
+    Otherwise (non-ASCII without ``utf8``, control characters, a word that would read as an
+    encoded word, a word too long for a line) all of it goes as RFC 2047 encoded words, each
+    filling what is left of its line within 76 characters (RFC 2047 2). All of it, not only the
+    words that need it, because a line break between plain text and an encoded word is read
+    two ways: RFC 2047 keeps the space there, and the decoder of Python's ``email.header``
+    (which many readers use, mail-parser among them) drops it, running two words together.
+    """
+    words = text.split()
+    longest = MAX_LINE_OCTETS - len(name) - 2
+    if not any(_needs_encoding(word, utf8=utf8, longest=longest) for word in words):
+        return _fold_words(name, words, linesep)
+    lines = [f"{name}:"]
+    rest = " ".join(words)
+    while rest:
+        word, rest = _encoded_word(rest, room=_FOLD_WIDTH - len(lines[-1]) - 1)
+        if not word:
+            lines.append("")
+            word, rest = _encoded_word(rest, room=_FOLD_WIDTH - 1)
+        lines[-1] += f" {word}"
+    return _joined(name, lines, linesep)
+
+
+def _needs_encoding(word: str, *, utf8: bool, longest: int) -> bool:
+    if not utf8 and not word.isascii():
+        return True
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in word):
+        return True
+    # A decoder would take it for an encoded word and decode it.
+    if "=?" in word:
+        return True
+    return len(word.encode()) > longest
+
+
+def _encoded_word(text: str, *, room: int) -> tuple[str, str]:
+    """The longest start of ``text`` that fits ``room`` characters as one encoded word (and
+    what is left); ``""`` when not even its first character fits."""
+    room = min(room, _ENCODED_WORD_MAX)
+    word, taken = "", 0
+    for end in range(1, len(text) + 1):
+        candidate = _UTF8.header_encode(text[:end])
+        if len(candidate) > room:
+            break
+        word, taken = candidate, end
+    return word, text[taken:]
+
+
+def _joined(name: str, lines: list[str], linesep: str) -> str:
+    if any(len(line.encode()) > MAX_LINE_OCTETS for line in lines):
+        raise ValueError(f"the {name} header has a part too long for a line of a message")
+    return linesep.join(lines) + linesep
+
+
+def _angle_uri(url: str) -> str:
+    """``<url>`` for a list header, which must hold a URI as it is (RFC 2369 2)."""
+    if not url.isascii() or _NOT_IN_URI.search(url):
+        raise ValueError("the unsubscribe link is not a URI that a list header can carry")
+    return f"<{url}>"
 
 
 def wire_address(address: str) -> str:
@@ -316,14 +510,14 @@ class SmtpProvider(Provider):
             built = build_email(message, self._config)
             sender = wire_address(self._config.from_address)
             recipient = wire_address(message.address)
+            utf8 = not (sender.isascii() and recipient.isascii())
+            content = wire_bytes(built, utf8=utf8)
         except ValueError as exc:
             raise PermanentSendError(f"the email cannot be written: {exc}") from exc
-        utf8 = not (sender.isascii() and recipient.isascii())
-        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
         return _Envelope(
             sender=sender,
             recipient=recipient,
-            content=built.as_bytes(policy=policy),
+            content=content,
             message_id=str(built["Message-ID"]),
             utf8=utf8,
         )
@@ -471,6 +665,14 @@ class SmtpProvider(Provider):
         # The socket is the connection's from here on: closing the connection closes it.
         await connection.connect()
         self._open.add(connection)
+        if connection.is_ehlo_or_helo_needed:
+            # Without TLS or a login aiosmtplib greets only with its first command, and MAIL
+            # FROM needs the server's extensions first: without them a message needing SMTPUTF8
+            # was refused as if the server lacked it, and SIZE was never declared.
+            try:
+                await connection.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await connection.helo()
         return connection
 
     async def _mail_from(self, connection: aiosmtplib.SMTP, envelope: _Envelope) -> None:

@@ -10,6 +10,14 @@ and hang up without answering (:attr:`SmtpServer.drop_after_data`), turn connect
 (:attr:`SmtpServer.connect_reply`), or close idle connections
 (:meth:`SmtpServer.disconnect_all`).
 
+It refuses content that a strict mailbox provider refuses (:func:`content_refusal`), with a 5xx
+reply naming the rule: a line over 998 octets, a missing or malformed ``Message-ID``, list
+headers that are not the angle-bracketed URIs of RFC 2369 (RFC 2047 encoded words, say), and a
+one-click ``List-Unsubscribe-Post`` that is not RFC 8058's (exactly
+``List-Unsubscribe=One-Click``, with an https URI in ``List-Unsubscribe``). Told to
+(:attr:`SmtpServer.require_one_click`), it also refuses mail without one-click unsubscribe, as
+Gmail and Yahoo do for bulk senders since 2024.
+
 ::
 
     async with SmtpServer(security="starttls", username="u", password="p") as server:
@@ -25,6 +33,7 @@ import datetime as dt
 import email.policy
 import hmac
 import ipaddress
+import re
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -51,6 +60,19 @@ DataReply = str | Callable[["ReceivedEmail"], str | None]
 
 _HOSTNAME = "bulletin-devserver"
 _SHUTDOWN_TIMEOUT = 5.0
+
+#: The longest line of a message, CRLF not counted (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6).
+MAX_LINE_OCTETS = 998
+_ATOMS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+# RFC 5322 3.6.4: "<" dot-atom-text "@" (dot-atom-text / no-fold-literal) ">".
+_MSG_ID = re.compile(rf"<{_ATOMS}@(?:{_ATOMS}|\[[\x21-\x5a\x5e-\x7e]*\])>")
+# RFC 2369 2: angle-bracketed URIs separated by commas, each perhaps followed by a comment.
+_LIST_URI = r"\s*<([^<>\s]*)>\s*(?:\([^()]*\)\s*)?"
+_LIST_URIS = re.compile(rf"{_LIST_URI}(?:,{_LIST_URI})*")
+_EACH_LIST_URI = re.compile(r"<([^<>\s]*)>")
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +106,7 @@ class SmtpServer:
         security: Security = "none",
         username: str | None = None,
         password: str | None = None,
+        port: int = 0,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both a username and a password, or neither")
@@ -91,7 +114,8 @@ class SmtpServer:
         self.username = username
         self.password = password
         self.host = "127.0.0.1"
-        self.port = 0
+        #: The port to listen on (0: any free one); the one it listens on once started.
+        self.port = port
         #: The server's certificate (PEM) in the TLS modes.
         self.certificate: bytes | None = None
         self.received: list[ReceivedEmail] = []
@@ -110,6 +134,10 @@ class SmtpServer:
         self.drop_after_data = False
         #: Greet with this line and hang up (e.g. ``"421 4.3.2 Service not available"``).
         self.connect_reply: str | None = None
+        #: Refuse mail without RFC 8058 one-click unsubscribe, as Gmail and Yahoo refuse bulk
+        #: mail. Off by default: which mail counts as bulk is the provider's judgement, and a
+        #: transactional email needs no unsubscribe link.
+        self.require_one_click = False
         self._tls_context: ssl.SSLContext | None = None
         self._server: asyncio.Server | None = None
         self._live: dict[asyncio.BaseProtocol, asyncio.BaseTransport] = {}
@@ -129,14 +157,14 @@ class SmtpServer:
         await self.close()
 
     async def start(self) -> None:
-        """Listen on an ephemeral port of 127.0.0.1."""
+        """Listen on 127.0.0.1, on the port asked for or an ephemeral one."""
         if self.security != "none":
             self.certificate, self._tls_context = _self_signed_context()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol,
             host=self.host,
-            port=0,
+            port=self.port,
             ssl=self._tls_context if self.security == "tls" else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -297,6 +325,9 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         owner = self.owner
         raw = envelope.original_content or b""
+        refusal = content_refusal(raw, require_one_click=owner.require_one_click)
+        if refusal is not None:
+            return refusal
         transport = server.transport
         assert isinstance(server, _Session)
         assert envelope.mail_from is not None
@@ -321,6 +352,90 @@ class _Handler:
             # Closing the connection cancels this session's task: no answer is ever written.
             await asyncio.Event().wait()
         return reply or "250 2.0.0 OK: queued"
+
+
+def content_refusal(raw: bytes, *, require_one_click: bool = False) -> str | None:
+    """The reply a strict receiving server gives to the message ``raw`` (the content of
+    ``DATA``, dot-unstuffed), or ``None`` when it takes it.
+
+    The rules are the standards' and the large mailbox providers': lines of at most 998
+    octets; one ``Message-ID``, a well-formed msg-id; list headers written as RFC 2369 writes
+    them, never as RFC 2047 encoded words (a mail client would not find the link in one); a
+    ``List-Unsubscribe-Post`` only as RFC 8058 gives it, with an https link to post to. With
+    ``require_one_click``, mail without one-click unsubscribe is refused too.
+    """
+    for number, line in enumerate(raw.split(b"\r\n"), start=1):
+        if len(line) > MAX_LINE_OCTETS:
+            return (
+                f"554 5.6.0 Line {number} is {len(line)} octets long; a line may have at most "
+                f"{MAX_LINE_OCTETS} (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6)"
+            )
+    fields = _header_fields(raw)
+    ids = fields.get("message-id", [])
+    if not ids:
+        return "550 5.7.1 The message has no Message-ID header (RFC 5322 3.6.4)"
+    if len(ids) > 1:
+        return "554 5.6.0 The message has more than one Message-ID header (RFC 5322 3.6)"
+    if not _MSG_ID.fullmatch(ids[0].strip()):
+        return (
+            "550 5.7.1 The Message-ID header is not a msg-id, <left@right> with no spaces "
+            "(RFC 5322 3.6.4)"
+        )
+    unsubscribe = fields.get("list-unsubscribe", [])
+    posts = fields.get("list-unsubscribe-post", [])
+    if len(unsubscribe) > 1 or len(posts) > 1:
+        return "554 5.6.0 The message has more than one List-Unsubscribe or -Post header"
+    links: list[str] = []
+    if unsubscribe:
+        if _ENCODED_WORD.search(unsubscribe[0]):
+            return (
+                "554 5.6.0 List-Unsubscribe is written as RFC 2047 encoded words; it must hold "
+                "angle-bracketed URIs as they are (RFC 2369 2)"
+            )
+        if not _LIST_URIS.fullmatch(unsubscribe[0]):
+            return (
+                "554 5.6.0 List-Unsubscribe is not a comma-separated list of angle-bracketed "
+                "URIs without spaces (RFC 2369 2)"
+            )
+        links = _EACH_LIST_URI.findall(unsubscribe[0])
+        if not all(_URI_SCHEME.match(link) for link in links):
+            return "554 5.6.0 List-Unsubscribe holds something that is not a URI (RFC 2369 2)"
+    if posts:
+        if posts[0].strip() != _ONE_CLICK:
+            return f"554 5.6.0 List-Unsubscribe-Post must be exactly {_ONE_CLICK} (RFC 8058 3.1)"
+        if not any(link.lower().startswith("https://") for link in links):
+            return (
+                "554 5.6.0 One-click unsubscribe (List-Unsubscribe-Post) needs an https URI in "
+                "List-Unsubscribe (RFC 8058 3.1)"
+            )
+    if require_one_click and not posts:
+        return (
+            "550 5.7.1 Bulk mail must offer one-click unsubscribe: List-Unsubscribe with an "
+            "https URI and List-Unsubscribe-Post (RFC 8058)"
+        )
+    return None
+
+
+def _header_fields(raw: bytes) -> dict[str, list[str]]:
+    """The header fields of ``raw`` by lower-case name, each value unfolded but not decoded:
+    the text on the wire, which is what the rules are about."""
+    fields: dict[str, list[str]] = {}
+    last: tuple[str, int] | None = None
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.decode("utf-8", errors="surrogateescape").split("\r\n"):
+        if line[:1] in (" ", "\t") and last is not None:
+            # Unfolding removes the CRLF and keeps the white space (RFC 5322 2.2.3).
+            name, index = last
+            fields[name][index] += line
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            last = None
+            continue
+        values = fields.setdefault(name.strip().lower(), [])
+        values.append(value)
+        last = (name.strip().lower(), len(values) - 1)
+    return fields
 
 
 def _parse(raw: bytes, *, utf8: bool) -> EmailMessage:
