@@ -13,6 +13,7 @@
     └── ChannelError             raised by channel adapters, never by anything else
         ├── TransientSendError   the provider did not take it; trying later may work
         ├── PermanentSendError   the provider refused it; trying again will not help
+        │   └── WindowClosed     free text refused: the conversation window is closed
         └── InDoubtSendError     the request may have reached the provider; outcome unknown
 
 Nothing here knows about HTTP: ``bulletin.api.problems`` maps these to status codes.
@@ -102,6 +103,16 @@ class PermanentSendError(ChannelError):
     def __init__(self, detail: str, *, suppress_address: bool = False) -> None:
         super().__init__(detail)
         self.suppress_address = suppress_address
+
+
+class WindowClosed(PermanentSendError):
+    """The provider refused the message because the person's conversation window is closed
+    (WhatsApp's 131047, re-engagement required). Nothing was sent.
+
+    Only a free-form message needs an open window: the engine records the window as closed and
+    sends the approved template instead, if there is one. A template refused this way is a
+    permanent refusal like any other.
+    """
 
 
 class InDoubtSendError(ChannelError):

@@ -356,12 +356,17 @@ MALFORMED_WHATSAPP: list[tuple[str, bytes]] = [
 ]
 
 #: Well-formed, correctly signed, and about nothing of ours: answered 200, applied to nothing.
+#: A status whose callback data cannot be read is matched by its wamid (Meta does not require
+#: the callback data), so those cases carry a wamid that is not ours.
 HARMLESS_WHATSAPP: list[tuple[str, bytes]] = [
     ("callback data beyond 64 bits", _status(biz_opaque_callback_data="9" * 19)),
     ("callback data of the largest id", _status(biz_opaque_callback_data=str(2**63 - 1))),
     ("callback data of zero", _status(biz_opaque_callback_data="0")),
-    ("callback data of unicode digits", _status(biz_opaque_callback_data="١٢")),
-    ("callback data that is a number", _status(biz_opaque_callback_data=12)),
+    (
+        "callback data of unicode digits",
+        _status(id="wamid.not-ours", biz_opaque_callback_data="١٢"),
+    ),
+    ("callback data that is a number", _status(id="wamid.not-ours", biz_opaque_callback_data=12)),
     ("a status we do not track", _status(status="deleted")),
     (
         "another account's number",
@@ -378,7 +383,10 @@ HARMLESS_WHATSAPP: list[tuple[str, bytes]] = [
     ),
     ("no entries", json.dumps({"object": "whatsapp_business_account", "entry": []}).encode()),
     ("an image from a stranger", _inbound(**{"from": "19995550100", "type": "image"})),
-    ("errors of odd types", _status(status="failed", errors=[1, None, {"code": "x" * 50}])),
+    (
+        "errors of odd types",
+        _status(id="wamid.not-ours", status="failed", errors=[1, None, {"code": "x" * 50}]),
+    ),
     ("a text that is an object", _inbound(**{"from": "19995550100"}, text={"body": {"a": 1}})),
     (
         "a text of control characters",

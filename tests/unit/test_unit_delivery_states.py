@@ -1,4 +1,5 @@
-"""``receipt_moves_forward`` over every pair of delivery states, against a table by hand.
+"""``receipt_moves_forward`` over every pair of delivery states, against a table by hand, and
+the states a closed-window receipt may send again from.
 
 From ARCHITECTURE.md: receipts arrive out of order and more than once; a state never moves
 backwards and a duplicate changes nothing; ``sent --bounce--> failed``; receipts can settle
@@ -11,7 +12,7 @@ import itertools
 
 import pytest
 
-from bulletin.deliveries.states import DeliveryState, receipt_moves_forward
+from bulletin.deliveries.states import DeliveryState, receipt_moves_forward, window_closed_resends
 
 S = DeliveryState
 
@@ -57,6 +58,12 @@ NEVER_MOVES = [
 ]
 
 
+# The one way back to pending after a provider accepted a send: a failed receipt saying that
+# WhatsApp's window was closed (131047) sends the delivery again as the template. Not from
+# pending (a repeat of that receipt), nor once delivered or settled.
+RESENDS_FOR_A_CLOSED_WINDOW = frozenset({S.SENDING, S.SENT, S.UNKNOWN})
+
+
 ALL_PAIRS = list(itertools.product(DeliveryState, DeliveryState))
 
 
@@ -78,3 +85,8 @@ def test_receipts_never_move_backwards_or_out_of_a_settled_state(
     current: DeliveryState, reported: DeliveryState
 ) -> None:
     assert receipt_moves_forward(current, reported) is False
+
+
+@pytest.mark.parametrize("state", list(DeliveryState))
+def test_a_closed_window_sends_again_only_what_was_not_delivered(state: DeliveryState) -> None:
+    assert window_closed_resends(state) is (state in RESENDS_FOR_A_CLOSED_WINDOW)

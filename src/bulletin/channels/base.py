@@ -83,7 +83,9 @@ class Receipt:
     ``biz_opaque_callback_data``, a parameter of Twilio's status callback URL);
     ``provider_message_id`` is the provider's reference. At least one of them is set.
     ``suppress_address`` is true when the failure means the address must not be used again
-    (the person replied STOP to the sender).
+    (the person replied STOP to the sender). ``window_closed`` is true when the failure says
+    the person's conversation window was closed (WhatsApp's 131047): free text was refused, and
+    an approved template would not be.
     """
 
     provider_message_id: str | None
@@ -92,6 +94,7 @@ class Receipt:
     at: dt.datetime
     detail: str | None = None
     suppress_address: bool = False
+    window_closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

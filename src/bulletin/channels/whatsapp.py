@@ -22,7 +22,9 @@ here, at the boundary, onto Bulletin's three outcomes:
   in doubt.
 
 Webhooks are JSON posts signed with ``X-Hub-Signature-256``; :func:`verify_signature` and
-:func:`parse_webhook` are what an endpoint needs to serve them.
+:func:`parse_webhook` are what an endpoint needs to serve them. A failed status whose errors
+name 131047 is marked ``window_closed``: the Cloud API usually takes free text outside the
+window and refuses it afterwards that way, and the engine then sends the approved template.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import hmac
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,11 +52,13 @@ from bulletin.channels.base import (
 )
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.http import ACCOUNT_RETRY_SECONDS, exchange
+from bulletin.channels.text import ELLIPSIS, fit, shorten
 from bulletin.errors import (
     ChannelError,
     InDoubtSendError,
     PermanentSendError,
     TransientSendError,
+    WindowClosed,
 )
 
 log = structlog.get_logger("bulletin.channels.whatsapp")
@@ -64,6 +69,8 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 #: the spam rate limit (131048) that Meta imposes on numbers whose messages were blocked.
 _RATE_LIMITED = frozenset({130429, 4, 80007, 131048})
 _PAIR_RATE_LIMITED = 131056
+#: Re-engagement required: free text to a person whose 24-hour window is closed.
+_WINDOW_CLOSED = 131047
 #: The recipient, or the template, will not be accepted however often we try.
 _REFUSED = frozenset(
     {
@@ -83,6 +90,7 @@ _REFUSED = frozenset(
         132012,  # parameter format mismatch
         132015,  # template paused
         132016,  # template disabled
+        132018,  # a parameter has a new-line, a tab or more than four consecutive spaces
     }
 )
 #: Problems with the access token, its permissions or the business account: an operator must
@@ -120,6 +128,62 @@ _MAX_ID_LENGTH = 255
 def text_body(title: str, body: str) -> str:
     """The text of a free-form WhatsApp message: the title in bold, a blank line, the body."""
     return f"*{title}*\n\n{body}" if title else body
+
+
+#: The longest free-form text the Cloud API takes (``text.body``); longer text is cut, keeping
+#: the preference link.
+TEXT_LIMIT = 4096
+#: The longest text parameter Bulletin sends. Meta allows 1024 characters in a body parameter
+#: when the template has components besides its body (a header, a footer, buttons), and 32768
+#: when the body is all there is (the OpenAPI description's ``TextParameter.maxLength``).
+#: Bulletin does not know which components an approved template has, so it keeps to the
+#: smaller limit.
+TEMPLATE_PARAMETER_LIMIT = 1024
+#: What a line break becomes after a line that does not end in punctuation (a heading, a list
+#: item), so that it stays apart from what follows.
+PARAMETER_SEPARATOR = " · "
+#: What a parameter with no text at all becomes: the Cloud API refuses an empty one.
+EMPTY_PARAMETER = "-"
+#: Runs of whitespace and control characters within a line.
+_BLANKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+
+def template_parameter(text: str, limit: int = TEMPLATE_PARAMETER_LIMIT) -> str:
+    """``text`` made acceptable as a text parameter of a WhatsApp template.
+
+    The Cloud API refuses a parameter containing a new-line, a tab or more than four
+    consecutive spaces (error 132018), an empty one, and one longer than the template allows.
+    A multi-paragraph announcement therefore goes out on one line:
+
+    * each line break, with the blank lines and spaces around it, becomes one space after a line
+      ending in punctuation (the end of a sentence), and :data:`PARAMETER_SEPARATOR` after one
+      that does not (a heading, a list item);
+    * every other run of whitespace or control characters becomes a single space, and the ends
+      are trimmed;
+    * text longer than ``limit`` is cut between two characters, never inside a character
+      sequence that draws as one (an accent, an emoji with its modifiers, a flag), and ends
+      with ``…``;
+    * text that is left empty becomes :data:`EMPTY_PARAMETER`.
+
+    Length is counted in UTF-16 code units, which are never fewer than the characters: the
+    limit holds whichever of the two Meta counts.
+    """
+    parts: list[str] = []
+    for raw in text.splitlines():
+        line = _BLANKS.sub(" ", raw).strip()
+        if not line:
+            continue
+        if parts:
+            ends_sentence = unicodedata.category(parts[-1][-1]).startswith("P")
+            parts.append(" " if ends_sentence else PARAMETER_SEPARATOR)
+        parts.append(line)
+    joined = "".join(parts)
+    cut = shorten(joined, limit)
+    if cut != joined:
+        # A cut right after a separator would leave it dangling before the ellipsis.
+        kept = cut.removesuffix(ELLIPSIS).rstrip()
+        joined = kept.removesuffix(PARAMETER_SEPARATOR.rstrip()).rstrip() + ELLIPSIS
+    return joined or EMPTY_PARAMETER
 
 
 class WhatsAppCloudProvider(Provider):
@@ -171,13 +235,17 @@ class WhatsAppCloudProvider(Provider):
         if template is not None:
             spec: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
             if template.parameters:
-                parameters = [{"type": "text", "text": text} for text in template.parameters]
+                parameters = [
+                    {"type": "text", "text": template_parameter(text)}
+                    for text in template.parameters
+                ]
                 spec["components"] = [{"type": "body", "parameters": parameters}]
             body["type"] = "template"
             body["template"] = spec
         else:
             body["type"] = "text"
-            body["text"] = {"preview_url": False, "body": text_body(message.title, message.body)}
+            text = fit(text_body(message.title, message.body), TEXT_LIMIT, message.preferences_url)
+            body["text"] = {"preview_url": False, "body": text}
         return body
 
     async def send(self, message: OutboundMessage) -> Accepted:
@@ -246,6 +314,10 @@ class WhatsAppCloudProvider(Provider):
                 hint="check the access token, its permissions and the phone number id",
             )
             return TransientSendError(detail, retry_after=ACCOUNT_RETRY_SECONDS, slow_down=True)
+        if code == _WINDOW_CLOSED:
+            # Re-engagement required: the person's 24-hour window is closed and nothing was
+            # sent. The engine may send the approved template instead.
+            return WindowClosed(detail)
         if code in _REFUSED:
             return PermanentSendError(detail)
         if status >= 500 or code in _TRY_AGAIN:
@@ -348,20 +420,35 @@ def verify_signature(app_secret: str, body: bytes, header: str | None) -> bool:
 class WhatsAppWebhook:
     """What one webhook post reports: receipts and inbound messages, and which numbers they
     concern (``metadata.phone_number_id``). ``foreign`` counts the changes about a number
-    other than the one asked for, which were left out."""
+    other than the one asked for, which were left out. ``skipped`` counts the people's
+    messages Bulletin cannot act on (a sender known only by a username, a message without an
+    id), which were left out while the rest of the post is applied."""
 
     phone_number_ids: set[str] = field(default_factory=set)
     receipts: list[Receipt] = field(default_factory=list)
     inbound: list[Inbound] = field(default_factory=list)
     foreign: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Skipped:
+    """A person's message left out of a post, and why."""
+
+    reason: str
+    provider_id: str | None
 
 
 def parse_webhook(payload: object, phone_number_id: str | None = None) -> WhatsAppWebhook:
     """Read a ``whatsapp_business_account`` webhook (already JSON-decoded).
 
     Changes other than ``messages`` and statuses other than sent, delivered, read and failed
-    are skipped, and unknown fields are ignored. A payload that does not have the structure
-    Meta documents raises :class:`ValueError` saying where it went wrong.
+    are skipped, and unknown fields are ignored. A person's message that Bulletin cannot
+    attribute to a phone number (a sender who uses a WhatsApp username: Meta sends an empty
+    ``from`` and the business-scoped ``from_user_id``), or that has no id to recognise a
+    replay by, is logged, counted in ``skipped`` and left out: the statuses and other messages
+    of the post still count. A payload that does not have the structure Meta documents raises
+    :class:`ValueError` saying where it went wrong.
 
     With ``phone_number_id`` (the number of the account whose secret signed the post), a
     change about another number is validated, counted in ``foreign`` and left out: a signature
@@ -392,13 +479,16 @@ def _read_value(
     number = _string(metadata.get("phone_number_id"), f"{where}.metadata.phone_number_id")
     receipts: list[Receipt] = []
     inbound: list[Inbound] = []
+    skipped: list[_Skipped] = []
     for s, raw in enumerate(_array(value.get("statuses", []), f"{where}.statuses")):
         receipt = _receipt(_object(raw, f"{where}.statuses[{s}]"), f"{where}.statuses[{s}]")
         if receipt is not None:
             receipts.append(receipt)
     for m, raw in enumerate(_array(value.get("messages", []), f"{where}.messages")):
         message = _inbound(_object(raw, f"{where}.messages[{m}]"), f"{where}.messages[{m}]")
-        if message is not None:
+        if isinstance(message, _Skipped):
+            skipped.append(message)
+        elif message is not None:
             inbound.append(message)
     if only is not None and number != only:
         result.foreign += 1
@@ -406,6 +496,14 @@ def _read_value(
     result.phone_number_ids.add(number)
     result.receipts.extend(receipts)
     result.inbound.extend(inbound)
+    result.skipped += len(skipped)
+    for left_out in skipped:
+        log.info(
+            "whatsapp.inbound_skipped",
+            phone_number_id=number,
+            reason=left_out.reason,
+            provider_id=left_out.provider_id,
+        )
 
 
 def _receipt(status: Mapping[str, Any], where: str) -> Receipt | None:
@@ -420,11 +518,24 @@ def _receipt(status: Mapping[str, Any], where: str) -> Receipt | None:
         int(callback) if isinstance(callback, str) and _DECIMAL.fullmatch(callback) else None
     )
     detail = None
+    window_closed = False
     if state is ReportedState.FAILED:
         errors = _array(status.get("errors", []), f"{where}.errors")
         detail = "; ".join(_error_detail(error) for error in errors) or "failed"
+        # How the Cloud API usually reports free text outside the 24-hour window: it takes the
+        # message (200 and a wamid), then sends this failed status. Any of the errors counts:
+        # Meta's ``errors`` is an array, though pywa (4.5) reads only its first entry.
+        window_closed = any(
+            isinstance(error, dict) and _as_int(error.get("code")) == _WINDOW_CLOSED
+            for error in errors
+        )
     return Receipt(
-        provider_message_id=wamid, delivery_id=delivery_id, state=state, at=at, detail=detail
+        provider_message_id=wamid,
+        delivery_id=delivery_id,
+        state=state,
+        at=at,
+        detail=detail,
+        window_closed=window_closed,
     )
 
 
@@ -439,19 +550,31 @@ def _error_detail(error: object) -> str:
     return f"{text} ({details})" if details and details != title else text
 
 
-def _inbound(message: Mapping[str, Any], where: str) -> Inbound | None:
-    sender = _string(message.get("from"), f"{where}.from")
-    if not _DIGITS.fullmatch(sender):
-        raise ValueError(f"{where}.from is not a phone number in digits: {sender!r}")
-    # The message's own id (a wamid) tells a replayed webhook from a new message.
-    wamid = _string(message.get("id"), f"{where}.id")
+def _inbound(message: Mapping[str, Any], where: str) -> Inbound | _Skipped | None:
+    if message.get("type") == "system":
+        # Sent by WhatsApp (the person changed number or user id), not by the person: no reply,
+        # no window.
+        return None
+    raw_id, raw_sender = message.get("id"), message.get("from")
+    # The message's own id (a wamid) tells a replayed webhook from a new message: without one,
+    # a STOP could not be told from its replay after a START.
+    if raw_id in (None, ""):
+        return _Skipped("the message has no id", None)
+    wamid = _string(raw_id, f"{where}.id")
     if len(wamid) > _MAX_ID_LENGTH:
         raise ValueError(f"{where}.id is longer than {_MAX_ID_LENGTH} characters")
+    if raw_sender in (None, ""):
+        # Bulletin knows people by their numbers; a business-scoped user id names nobody here.
+        reason = (
+            "the sender uses a username and shared no phone number"
+            if message.get("from_user_id")
+            else "the message names no sender"
+        )
+        return _Skipped(reason, wamid)
+    sender = _string(raw_sender, f"{where}.from")
+    if not _DIGITS.fullmatch(sender):
+        raise ValueError(f"{where}.from is not a phone number in digits: {sender!r}")
     at = _timestamp(message.get("timestamp"), f"{where}.timestamp")
-    kind = message.get("type")
-    if kind == "system":
-        # Sent by WhatsApp (the person changed number), not by the person: no reply, no window.
-        return None
     return Inbound(
         channel="whatsapp",
         address=f"+{sender}",

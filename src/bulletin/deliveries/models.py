@@ -2,7 +2,9 @@
 
 The deliveries table is the work queue. The partial indexes are what keep it fast: the claim
 reads ``ix_deliveries_due`` (pending rows by due time), completion and the lease reaper read
-``ix_deliveries_inflight`` (rows being sent).
+``ix_deliveries_inflight`` (rows being sent). A receipt that names its message only by the
+provider's id (a WhatsApp status without ``biz_opaque_callback_data``) is found through
+``ix_deliveries_provider_message_id``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class Delivery(Base):
             "lease_expires_at",
             postgresql_where=text("state = 'sending'"),
             sqlite_where=text("state = 'sending'"),
+        ),
+        Index(
+            "ix_deliveries_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
         ),
     )
 

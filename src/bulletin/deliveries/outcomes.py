@@ -19,12 +19,26 @@ class SuppressAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseWindow:
+    """A person whose WhatsApp 24-hour window the provider said is closed.
+
+    ``seen_inbound_at`` is their last message as the dispatcher read it before the send: the
+    window is recorded as closed only if no later message has come in since, which would have
+    opened it again.
+    """
+
+    recipient_id: int
+    seen_inbound_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The end of one claim of one delivery, applied only if the claim still holds.
 
     ``attempt`` is the claim's fencing token. ``gave_back`` is true when the claim led to no
     provider call (suppressed, deferred, released), so the attempt does not count against the
-    retry budget. ``suppress`` names an address never to send to again on that channel.
+    retry budget. ``suppress`` names an address never to send to again on that channel, and
+    ``close_window`` a person whose WhatsApp window is to be recorded as closed.
     ``provider_account`` (with ``provider``) records which configured account accepted a send,
     so that only that account's receipts can move the delivery later.
     """
@@ -41,3 +55,4 @@ class Outcome:
     channel: str | None = None
     gave_back: bool = False
     suppress: SuppressAddress | None = None
+    close_window: CloseWindow | None = None

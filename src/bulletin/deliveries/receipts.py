@@ -12,7 +12,8 @@ status no id of its own (WhatsApp repeats the message's ``wamid``, Twilio its ``
 so (delivery, state) is the receipt's identity, and the state machine already applies each
 at most once. A receipt settles an ``unknown`` delivery: the provider
 had it after all. A ``failed`` receipt falls back to the person's next channel (routing
-``first``), exactly as a failure at send time does.
+``first``), exactly as a failure at send time does, except one saying that the person's
+WhatsApp window was closed: that delivery is sent again, once, as the approved template.
 
 Inbound messages: a stop keyword turns the channel off for that person (and suppresses the
 address), a start keyword turns it back on, and any WhatsApp message opens the person's
@@ -36,9 +37,14 @@ from bulletin.channels.keywords import classify
 from bulletin.db import dialect_name, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.models import Delivery, Suppression
-from bulletin.deliveries.states import DeliveryState, receipt_moves_forward
+from bulletin.deliveries.states import (
+    ACTIVE_STATES,
+    DeliveryState,
+    receipt_moves_forward,
+    window_closed_resends,
+)
 from bulletin.recipients import repository as recipients
-from bulletin.worker.policy import address_of
+from bulletin.worker.policy import SENDING_TEMPLATE, address_of
 
 log = structlog.get_logger("bulletin.receipts")
 
@@ -70,22 +76,39 @@ class Source:
     orgs: Sequence[uuid.UUID]
 
 
+#: Providers whose receipts may name the message by the provider's id alone. Meta's status
+#: webhooks need not carry ``biz_opaque_callback_data`` (its schema does not require it), and
+#: their ``id`` is the ``wamid`` the send was answered with. Twilio's status callbacks for
+#: Bulletin's sends carry the delivery id in the callback URL Bulletin gave them.
+_MATCHED_BY_PROVIDER_ID = frozenset({"whatsapp_cloud"})
+#: The width of ``deliveries.provider_message_id``: a longer id is no id of a stored send.
+_MAX_PROVIDER_ID = 255
+
+
 async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Delivery | None:
     # Every send passes the delivery id to the provider, which echoes it in its receipts
-    # (WhatsApp's biz_opaque_callback_data, the status callback URL of Twilio). Matching on it
-    # alone keeps the deliveries table free of an index on the provider's ids.
-    if receipt.delivery_id is None:
+    # (WhatsApp's biz_opaque_callback_data, the status callback URL of Twilio). A WhatsApp
+    # status without it is matched by its wamid (ix_deliveries_provider_message_id). Either
+    # way the delivery must belong to this account, and it is one query per receipt.
+    theirs = receipt.provider_message_id
+    if receipt.delivery_id is not None:
+        if not 0 < receipt.delivery_id <= _MAX_ID:
+            # Not an id of ours: no row has it, and the database could not even compare it.
+            return None
+        key = Delivery.id == receipt.delivery_id
+    elif theirs is not None and source.provider in _MATCHED_BY_PROVIDER_ID:
+        if len(theirs) > _MAX_PROVIDER_ID:
+            return None
+        key = Delivery.provider_message_id == theirs
+    else:
         log.warning(
             "receipts.without_delivery_id",
             provider=source.provider,
-            provider_message_id=receipt.provider_message_id,
+            provider_message_id=theirs,
         )
         return None
-    if not 0 < receipt.delivery_id <= _MAX_ID:
-        # Not an id of ours: no row has it, and the database could not even compare it.
-        return None
     query = select(Delivery).where(
-        Delivery.id == receipt.delivery_id,
+        key,
         Delivery.org_id.in_(list(source.orgs)),
         Delivery.channel == source.channel,
         or_(
@@ -104,11 +127,13 @@ async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Deli
     )
     if dialect_name(session) == "postgresql":
         query = query.with_for_update()
-    delivery = (await session.execute(query)).scalars().first()
-    if delivery is None:
+    # Two at most: a provider id that more than one delivery claims names neither.
+    found = (await session.execute(query.limit(2))).scalars().all()
+    if len(found) != 1:
         return None
+    delivery = found[0]
     # The echoed delivery id must agree with the provider's reference, when both are known.
-    mine, theirs = delivery.provider_message_id, receipt.provider_message_id
+    mine = delivery.provider_message_id
     if mine is not None and theirs is not None and mine != theirs:
         return None
     return delivery
@@ -117,11 +142,22 @@ async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Deli
 async def apply_receipts(
     session: AsyncSession, source: Source, receipts: Sequence[Receipt]
 ) -> Applied:
-    """Apply receipts verified as coming from ``source``; others' deliveries are unmatched."""
+    """Apply receipts verified as coming from ``source``; others' deliveries are unmatched.
+
+    A WhatsApp ``failed`` receipt saying the person's 24-hour window was closed (131047, how
+    the Cloud API usually refuses free text outside it: a 200 with a ``wamid``, then this
+    status) records the window as closed, so that the person's next messages go as the
+    approved template, and, instead of failing the delivery, sends it again at once: the
+    dispatcher finds the window closed and sends the template (or, when neither the message
+    nor the configuration names one, fails it with that reason, and the person gets their next
+    channel). See :func:`_send_template_instead`.
+    """
     provider = source.provider
     result = Applied()
     now = utcnow()
     failed: list[int] = []
+    closed: list[tuple[int, dt.datetime]] = []
+    reopened: list[uuid.UUID] = []
     for receipt in receipts:
         delivery = await _find(session, source, receipt)
         if delivery is None:
@@ -129,10 +165,22 @@ async def apply_receipts(
             continue
         current = DeliveryState(delivery.state)
         reported = DeliveryState(receipt.state.value)
-        if not receipt_moves_forward(current, reported):
+        if _about_an_earlier_send(current, delivery, receipt) or not receipt_moves_forward(
+            current, reported
+        ):
             result.unchanged += 1
             continue
         result.moved += 1
+        window_closed = reported == DeliveryState.FAILED and receipt.window_closed
+        if window_closed and delivery.channel == "whatsapp":
+            # Not newer than the send: a message the person wrote since keeps the window open.
+            closed.append((delivery.recipient_id, delivery.sent_at or receipt.at))
+            if window_closed_resends(current) and await repository.may_send_template_instead(
+                session, delivery
+            ):
+                await _send_template_instead(session, source, delivery, receipt, current, now)
+                reopened.append(delivery.message_id)
+                continue
         delivery.state = reported.value
         delivery.updated_at = now
         delivery.lease_expires_at = None
@@ -170,9 +218,74 @@ async def apply_receipts(
             ],
         )
     await session.flush()
+    await repository.close_windows_sent_before(session, closed)
+    await repository.reopen_messages(session, reopened)
     if failed:
         await repository.fall_back(session, failed, now)
     return result
+
+
+def _about_an_earlier_send(current: DeliveryState, delivery: Delivery, receipt: Receipt) -> bool:
+    """Whether ``receipt`` is about a send made before the delivery was put back to pending.
+
+    A delivery waiting to be sent again, or being sent again, keeps the provider's id of its
+    previous send until the next one is accepted: a receipt naming that id (a repeated or late
+    131047, a late ``sent``) is news about a message that is over, and must not touch the send
+    now under way.
+    """
+    mine = delivery.provider_message_id
+    return current in ACTIVE_STATES and mine is not None and receipt.provider_message_id == mine
+
+
+async def _send_template_instead(
+    session: AsyncSession,
+    source: Source,
+    delivery: Delivery,
+    receipt: Receipt,
+    current: DeliveryState,
+    now: dt.datetime,
+) -> None:
+    """Put a WhatsApp delivery whose free text failed for a closed window back to ``pending``,
+    due now, to be sent as the approved template.
+
+    G1 holds: a failed status is Meta saying it did not deliver the message, so sending it
+    again as a template is no second copy; it is what Bulletin already does after any failed
+    receipt, by falling back to the person's next channel. It happens once per delivery:
+    :func:`~bulletin.deliveries.repository.may_send_template_instead` lets it through only if
+    no template was tried yet (the delivery's events say so), and a 131047 for the template
+    then fails the delivery for good, which falls back as any failure does. The delivery keeps
+    the failed send's ``wamid`` until the template is accepted, so that a repeat of this
+    receipt is recognised as about that send (:func:`_about_an_earlier_send`).
+    """
+    detail = f"{SENDING_TEMPLATE} ({source.provider} reports failed: {receipt.detail})"
+    if current in (DeliveryState.UNKNOWN, DeliveryState.SENDING):
+        detail += f" (was {current.value})"
+    delivery.state = DeliveryState.PENDING.value
+    delivery.next_attempt_at = now
+    delivery.lease_expires_at = None
+    delivery.reason = detail
+    delivery.updated_at = now
+    delivery.provider = delivery.provider or source.provider
+    delivery.provider_account = delivery.provider_account or source.account
+    delivery.provider_message_id = delivery.provider_message_id or receipt.provider_message_id
+    log.info(
+        "receipts.window_closed",
+        delivery_id=delivery.id,
+        provider=source.provider,
+        provider_message_id=receipt.provider_message_id,
+    )
+    await repository.add_events(
+        session,
+        [
+            {
+                "delivery_id": delivery.id,
+                "at": now,
+                "state": DeliveryState.PENDING.value,
+                "attempt": delivery.attempt,
+                "detail": detail,
+            }
+        ],
+    )
 
 
 async def _address(session: AsyncSession, delivery: Delivery) -> str | None:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     true,
@@ -42,11 +43,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
-from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.outcomes import CloseWindow, Outcome
 from bulletin.deliveries.states import DeliveryState, MessageState
 from bulletin.messages.models import Message, MessageRecipient
 from bulletin.recipients.models import Recipient, RecipientGroup
-from bulletin.worker.policy import address_of, unusable
+from bulletin.worker.policy import AS_TEMPLATE, SENDING_TEMPLATE, address_of, unusable
 
 _ADDRESS = {
     "whatsapp": Recipient.whatsapp,
@@ -393,7 +394,8 @@ async def complete(
     An ``unknown`` delivery (its lease ran out first) still takes two outcomes of the same
     attempt, because they remove the doubt: proof that the provider accepted it, and a
     hand-back, which says the provider was never called. Each applied outcome gets its event,
-    and a requested suppression is recorded.
+    and a requested suppression is recorded, as is a WhatsApp window the provider said is
+    closed.
     """
     if not outcomes:
         return []
@@ -438,6 +440,7 @@ async def complete(
         if o.suppress is not None:
             s = o.suppress
             await add_suppression(session, s.org_id, s.channel, s.address, o.detail or "", now)
+    await close_windows(session, [o.close_window for o in applied if o.close_window is not None])
     failed = [o.delivery_id for o in applied if o.state == DeliveryState.FAILED]
     if failed:
         await fall_back(session, failed, now)
@@ -445,6 +448,101 @@ async def complete(
     if again:
         await cancel_orphans(session, now, again)
     return applied
+
+
+async def close_windows(session: AsyncSession, windows: Sequence[CloseWindow]) -> None:
+    """Record these people's WhatsApp windows as closed, in one statement.
+
+    Only where their last inbound message is still the one the dispatcher saw: one that came in
+    while the send was under way opened the window again. Forgetting the time (rather than
+    moving it back) leaves any later inbound message free to open the window.
+    """
+    if not windows:
+        return
+    people = cast(Table, Recipient.__table__)
+    statement = (
+        update(people)
+        .where(
+            people.c.id == bindparam("b_id"),
+            people.c.whatsapp_inbound_at == bindparam("b_seen", type_=UTCDateTime()),
+        )
+        .values(whatsapp_inbound_at=None)
+    )
+    await session.execute(
+        statement, [{"b_id": w.recipient_id, "b_seen": w.seen_inbound_at} for w in windows]
+    )
+
+
+async def close_windows_sent_before(
+    session: AsyncSession, sends: Sequence[tuple[int, dt.datetime]]
+) -> None:
+    """Record WhatsApp windows as closed after failed receipts saying so, in one statement.
+
+    ``sends`` are (recipient id, time of the failed send) pairs. A person's window is forgotten
+    only if their last message is not newer than the send: one they wrote after it opened the
+    window again, whatever the receipt says about the send.
+    """
+    if not sends:
+        return
+    people = cast(Table, Recipient.__table__)
+    statement = (
+        update(people)
+        .where(
+            people.c.id == bindparam("b_id"),
+            people.c.whatsapp_inbound_at <= bindparam("b_sent", type_=UTCDateTime()),
+        )
+        .values(whatsapp_inbound_at=None)
+    )
+    await session.execute(statement, [{"b_id": rid, "b_sent": at} for rid, at in sends])
+
+
+async def may_send_template_instead(session: AsyncSession, delivery: Delivery) -> bool:
+    """Whether a WhatsApp delivery that failed for a closed window may be sent again as the
+    approved template.
+
+    Not if its message was cancelled (G5: nothing of it starts again), and not if a template was
+    already tried for it, so that a closed-window failure leads to at most one more send. The
+    delivery's events are the marker, because every path leaves one there whatever happened
+    since: a send accepted as a template ends its ``sent`` event with :data:`AS_TEMPLATE`, and a
+    return to ``pending`` to send the template (after a refusal at send time, or after a failed
+    receipt) starts with :data:`SENDING_TEMPLATE`. One query, on a rare path.
+    """
+    tried = (
+        select(DeliveryEvent.id)
+        .where(
+            DeliveryEvent.delivery_id == delivery.id,
+            or_(
+                DeliveryEvent.detail.startswith(SENDING_TEMPLATE, autoescape=True),
+                and_(
+                    DeliveryEvent.state == DeliveryState.SENT.value,
+                    DeliveryEvent.detail.endswith(AS_TEMPLATE, autoescape=True),
+                ),
+            ),
+        )
+        .exists()
+    )
+    row = (
+        await session.execute(select(Message.state, tried).where(Message.id == delivery.message_id))
+    ).one_or_none()
+    if row is None:
+        return False
+    state, already = row
+    return state != MessageState.CANCELLED.value and not already
+
+
+async def reopen_messages(session: AsyncSession, message_ids: Sequence[uuid.UUID]) -> None:
+    """Mark these messages ``sending`` again if they were ``completed``: they have work again."""
+    if not message_ids:
+        return
+    await session.execute(
+        update(Message)
+        .where(
+            Message.id.in_(sorted(set(message_ids))),
+            Message.state == MessageState.COMPLETED.value,
+        )
+        .values(state=MessageState.SENDING.value, completed_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 # --- Falling back to the next channel -------------------------------------------------------

@@ -8,6 +8,7 @@
        |                  \\--lease expired, outcome unknown--> unknown (or pending)
        \\--cancel--> cancelled      \\--preferences / suppression at dispatch--> suppressed
     sent --bounce / undeliverable receipt--> failed
+    sent / unknown / sending --failed receipt: WhatsApp window closed--> pending (once)
 """
 
 from __future__ import annotations
@@ -59,3 +60,16 @@ def receipt_moves_forward(current: DeliveryState, reported: DeliveryState) -> bo
     if current not in _RECEIPT_RANK or reported not in _RECEIPT_RANK:
         return False
     return _RECEIPT_RANK[reported] > _RECEIPT_RANK[current]
+
+
+def window_closed_resends(current: DeliveryState) -> bool:
+    """Whether a failed receipt saying that WhatsApp's 24-hour window was closed (131047) may
+    put a delivery in ``current`` back to ``pending``, to be sent again as the approved template.
+
+    Deliberately the one way back to ``pending`` after a provider accepted a send. It applies
+    exactly where a failed receipt would: the provider says it did not deliver the message, so
+    sending it again (as after any failure, on the next channel) cannot make a second copy.
+    That it happens once per delivery, and that a repeat of the receipt leaves the new send
+    alone, is for the caller to make sure (:mod:`bulletin.deliveries.receipts`).
+    """
+    return receipt_moves_forward(current, DeliveryState.FAILED)

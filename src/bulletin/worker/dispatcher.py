@@ -37,6 +37,7 @@ from bulletin.backoff import Backoff
 from bulletin.channels.base import OutboundMessage, Provider, WhatsAppTemplate
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.registry import ChannelRegistry
+from bulletin.channels.text import preferences_line
 from bulletin.config import Settings
 from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository
@@ -44,7 +45,12 @@ from bulletin.deliveries.outcomes import Outcome, SuppressAddress
 from bulletin.deliveries.receipts import window_open
 from bulletin.deliveries.repository import ClaimedRow
 from bulletin.deliveries.states import DeliveryState
-from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from bulletin.errors import (
+    InDoubtSendError,
+    PermanentSendError,
+    TransientSendError,
+    WindowClosed,
+)
 from bulletin.messages import repository as message_rows
 from bulletin.messages.models import Message
 from bulletin.messages.service import view_of
@@ -61,7 +67,7 @@ from bulletin.recipients.models import Recipient
 from bulletin.web.links import PreferenceLinks, unsubscribe_url
 from bulletin.worker import policy
 from bulletin.worker.completer import Completer
-from bulletin.worker.pacing import Pacer
+from bulletin.worker.pacing import Later, Pacer, PairHold
 from bulletin.worker.policy import MessageFacts, RetryPolicy, Send, Suppress
 from bulletin.worker.signals import Wakeup
 
@@ -500,7 +506,16 @@ class Dispatcher:
             html=content.html,
             whatsapp_template=template,
         )
-        task = asyncio.create_task(self._send(row, outbound, rerouted, lease_deadline))
+        task = asyncio.create_task(
+            self._send(
+                row,
+                outbound,
+                rerouted,
+                lease_deadline,
+                message=message,
+                seen_inbound_at=recipient.whatsapp_inbound_at,
+            )
+        )
         self._sends.add(task)
         task.add_done_callback(self._send_finished)
 
@@ -519,7 +534,7 @@ class Dispatcher:
             )
         if outbound.whatsapp_template is None and self._text_links.enabled(row.org_id):
             return dataclasses.replace(
-                outbound, preferences_url=page, body=f"{outbound.body}\n\nPreferences: {page}"
+                outbound, preferences_url=page, body=outbound.body + preferences_line(page)
             )
         return outbound
 
@@ -551,11 +566,28 @@ class Dispatcher:
         parameters = content.template_parameters or ()
         return content, WhatsAppTemplate(chosen.name, chosen.language, parameters)
 
-    async def _slow_down(self, provider: Provider, seconds: float) -> None:
+    def _has_template(self, row: ClaimedRow, message: MessageFacts, channel: str) -> bool:
+        """Whether a WhatsApp message of ``message`` can go as an approved template."""
+        config = self._registry.config_for(row.org_id, channel)
+        if not isinstance(config, WhatsAppCloudConfig):
+            return False
+        named = message.templates is not None and message.templates.whatsapp_template is not None
+        return named or config.template is not None
+
+    async def _slow_down(
+        self, provider: Provider, seconds: float, give_back: PairHold | None
+    ) -> None:
         try:
-            await self._pacer.slow_down(provider, seconds)
+            await self._pacer.slow_down(provider, seconds, give_back=give_back)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("worker.slow_down_failed", error=describe(exc))
+
+    async def _give_back_pair(self, hold: PairHold) -> None:
+        # Soft state: if it fails, the next message to the person only waits the interval.
+        try:
+            await self._pacer.give_back_pair(hold)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("worker.pair_give_back_failed", error=describe(exc))
 
     def _send_finished(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
@@ -569,7 +601,16 @@ class Dispatcher:
         outbound: OutboundMessage,
         rerouted: str | None,
         lease_deadline: float,
+        *,
+        message: MessageFacts,
+        seen_inbound_at: dt.datetime | None,
     ) -> None:
+        """Send ``outbound`` and hand its outcome to the completer.
+
+        ``seen_inbound_at`` is the person's last WhatsApp message as read when the delivery was
+        claimed: a refusal for a closed window records the window closed only if it is still
+        the last one.
+        """
         # Every line logged during this send (pacing, the adapter) names the delivery. The task
         # has its own copy of the context, so the ids go nowhere else.
         structlog.contextvars.bind_contextvars(delivery_id=row.id, message_id=str(row.message_id))
@@ -609,8 +650,8 @@ class Dispatcher:
                     return
             if self._links is not None:
                 outbound = await self._with_links(self._links, row, outbound)
-            busy_until = await self._pacer.claim_pair(provider, outbound.address)
-            later = None if busy_until else await self._pacer.wait_turn(provider)
+            pair = await self._pacer.claim_pair(provider, outbound.address)
+            later = None if isinstance(pair, Later) else await self._pacer.wait_turn(provider)
         except (SQLAlchemyError, OSError) as exc:
             give_back(
                 f"released: database unavailable ({describe(exc)})",
@@ -622,9 +663,10 @@ class Dispatcher:
             # is in doubt.
             give_back("released: worker stopping")
             raise
-        if busy_until is not None:
-            give_back("paced: too soon after the last message to this number", busy_until)
+        if isinstance(pair, Later):
+            give_back("paced: too soon after the last message to this number", pair.at)
             return
+        hold = pair if isinstance(pair, PairHold) else None
         if later is not None:
             give_back(f"paced: {provider.account} is at its rate limit", later.at)
             return
@@ -657,7 +699,11 @@ class Dispatcher:
             )
             log_.info("worker.send_transient", error=exc.detail, retry_at=str(retry_at))
             if exc.slow_down:
-                await self._slow_down(provider, exc.retry_after or 1.0)
+                # A refusal for the account's rate (130429 and the like) sent nothing to this
+                # person, so their pair slot goes back: the retry waits for the account, not
+                # for the pair interval too. Other transient refusals keep it, above all the
+                # pair limit itself (131056).
+                await self._slow_down(provider, exc.retry_after or 1.0, hold)
             if retry_at is None:
                 outcome = Outcome(
                     row.id,
@@ -675,6 +721,23 @@ class Dispatcher:
                     detail=f"will retry: {exc.detail}",
                     next_attempt_at=retry_at,
                 )
+        except WindowClosed as exc:
+            answered = "permanent"
+            sent_template = outbound.whatsapp_template is not None
+            log_.info("worker.window_closed", error=exc.detail, template=sent_template)
+            if hold is not None:
+                await self._give_back_pair(hold)  # nothing reached the person
+            outcome = policy.window_closed(
+                delivery_id=row.id,
+                attempt=row.attempt,
+                recipient_id=row.recipient_id,
+                seen_inbound_at=seen_inbound_at,
+                sent_template=sent_template,
+                template_available=self._has_template(row, message, outbound.channel),
+                now=utcnow(),
+                why=exc.detail,
+                channel=rerouted,
+            )
         except PermanentSendError as exc:
             answered = "permanent"
             log_.info("worker.send_failed", error=exc.detail)
@@ -708,12 +771,13 @@ class Dispatcher:
             outcome = in_doubt(f"provider error {type(exc).__name__}: {exc}")
         else:
             answered = "sent"
+            as_template = policy.AS_TEMPLATE if outbound.whatsapp_template is not None else ""
             outcome = Outcome(
                 row.id,
                 row.attempt,
                 DeliveryState.SENT,
                 channel=rerouted,
-                detail=f"accepted by {provider.name}",
+                detail=f"accepted by {provider.name}{as_template}",
                 provider=provider.name,
                 provider_message_id=accepted.provider_message_id,
                 provider_account=provider.account_key,

@@ -19,7 +19,10 @@ pacing costs one round trip per group, not per message.
   ``Retry-After``): every worker then waits, instead of one message retrying in a tight loop.
   Sends of this process already holding a slot are paused too; other processes may still
   use the slots they reserved before the pause, at most one horizon's worth.
-* :meth:`Pacer.claim_pair` spaces messages to one address (WhatsApp's pair rate limit).
+* :meth:`Pacer.claim_pair` spaces messages to one address (WhatsApp's pair rate limit). A
+  send refused for the account's rate or for a closed window reached nobody, and gives its
+  pair slot back (:func:`give_back_pair`): its retry is not held for the interval by a message
+  the person never got.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, delete, select, text
+from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Provider
@@ -67,6 +70,17 @@ class Later:
     """No slot within the horizon; come back at ``at``."""
 
     at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PairHold:
+    """The right to send to ``address`` from ``account``, taken at ``taken_at``: the pair slot
+    was moved to ``until``, one pair interval later."""
+
+    account: str
+    address: str
+    taken_at: dt.datetime
+    until: dt.datetime
 
 
 async def _lock_slot(session: AsyncSession, account: str, now: dt.datetime) -> PacingSlot:
@@ -158,6 +172,26 @@ async def take_pair(
         row.free_at = now + interval
         await session.flush()
     return None
+
+
+async def give_back_pair(session: AsyncSession, hold: PairHold) -> bool:
+    """Undo ``hold``, unless someone has taken the pair slot since; true when undone.
+
+    The slot goes back to ``hold.taken_at``: it was free then, so it had said that time or
+    earlier, and either lets the next message go at once.
+    """
+    statement = (
+        update(PairSlot)
+        .where(
+            PairSlot.account == hold.account,
+            PairSlot.address == hold.address,
+            PairSlot.free_at == hold.until,
+        )
+        .values(free_at=hold.taken_at)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(cast("CursorResult[Any]", result).rowcount)
 
 
 async def forget_pairs(session: AsyncSession, before: dt.datetime) -> int:
@@ -290,21 +324,36 @@ class Pacer:
             math.ceil(at / _LATER_GRAIN_SECONDS) * _LATER_GRAIN_SECONDS, dt.UTC
         )
 
-    async def slow_down(self, provider: Provider, seconds: float) -> None:
-        """Pause the provider's account for every worker, for ``seconds``."""
+    async def slow_down(
+        self, provider: Provider, seconds: float, *, give_back: PairHold | None = None
+    ) -> None:
+        """Pause the provider's account for every worker, for ``seconds``; and undo the pair
+        hold ``give_back`` of the refused send in the same transaction."""
         until = utcnow() + dt.timedelta(seconds=seconds)
         if self._paused.get(provider.account, until) <= until:
             self._paused[provider.account] = until
         async with self._db.transaction() as session:
             await push_back(session, provider.account, until)
+            if give_back is not None:
+                await give_back_pair(session, give_back)
         log.warning("pacing.slowed_down", account=provider.account, seconds=seconds)
 
-    async def claim_pair(self, provider: Provider, address: str) -> dt.datetime | None:
-        """Take the right to send to ``address`` now; else when that will be possible."""
+    async def claim_pair(self, provider: Provider, address: str) -> PairHold | Later | None:
+        """Take the right to send to ``address`` now (:class:`PairHold`), or learn when that
+        will be possible (:class:`Later`); ``None`` when the provider does not space them."""
         interval = provider.pair_interval_seconds
         if not interval:
             return None
+        gap = dt.timedelta(seconds=interval)
         async with self._db.transaction() as session:
-            return await take_pair(
-                session, provider.account, address, dt.timedelta(seconds=interval), utcnow()
-            )
+            # Read once the transaction holds its connection: the interval runs from the send.
+            now = utcnow()
+            busy_until = await take_pair(session, provider.account, address, gap, now)
+        if busy_until is not None:
+            return Later(busy_until)
+        return PairHold(provider.account, address, now, now + gap)
+
+    async def give_back_pair(self, hold: PairHold) -> None:
+        """The send holding ``hold`` did not reach the person: free the pair slot it took."""
+        async with self._db.transaction() as session:
+            await give_back_pair(session, hold)

@@ -5,6 +5,8 @@
   :class:`Defer`.
 * :func:`after_transient` is the retry policy: when to try again, or that it is over.
 * :func:`in_doubt` applies a channel's in-doubt policy to a send whose outcome is unknown.
+* :func:`window_closed` answers a WhatsApp refusal for a closed 24-hour window: send the
+  template instead, or fail.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from bulletin.config import Settings
-from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.outcomes import CloseWindow, Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.messages.templates import MessageTemplates
 from bulletin.recipients.models import Recipient
@@ -254,4 +256,59 @@ def in_doubt(
         DeliveryState.UNKNOWN,
         detail=f"{why}; the provider may or may not have it, so it is not resent",
         channel=channel,
+    )
+
+
+#: Why a delivery refused for a closed window is sent again at once.
+SENDING_TEMPLATE = "the 24-hour window had closed: sending the approved template"
+#: How the event of a WhatsApp send that the provider accepted as an approved template ends;
+#: with :data:`SENDING_TEMPLATE`, what tells a later closed-window failure that a template was
+#: already tried (:mod:`bulletin.deliveries.receipts`).
+AS_TEMPLATE = " as the approved template"
+
+
+def window_closed(
+    *,
+    delivery_id: int,
+    attempt: int,
+    recipient_id: int,
+    seen_inbound_at: dt.datetime | None,
+    sent_template: bool,
+    template_available: bool,
+    now: dt.datetime,
+    why: str,
+    channel: str | None = None,
+) -> Outcome:
+    """The outcome of a WhatsApp send refused because the person's 24-hour window is closed.
+
+    Nothing was sent, so sending again breaks no promise of one send. A free-form message
+    records the window as closed (as of ``seen_inbound_at``, the person's last message when the
+    send was decided), so that this and later messages go as the approved template; this one is
+    sent again at once if there is a template to send, and fails otherwise (falling back to the
+    next channel like any failure). A template refused the same way fails: sending it again
+    would be refused again.
+    """
+    if sent_template:
+        return Outcome(delivery_id, attempt, DeliveryState.FAILED, detail=why, channel=channel)
+    close = None if seen_inbound_at is None else CloseWindow(recipient_id, seen_inbound_at)
+    if template_available:
+        return Outcome(
+            delivery_id,
+            attempt,
+            DeliveryState.PENDING,
+            detail=SENDING_TEMPLATE,
+            next_attempt_at=now,
+            channel=channel,
+            close_window=close,
+        )
+    return Outcome(
+        delivery_id,
+        attempt,
+        DeliveryState.FAILED,
+        detail=(
+            f"{why}: the person's 24-hour window had closed, and neither the message nor the "
+            "WhatsApp configuration names an approved template to send instead"
+        ),
+        channel=channel,
+        close_window=close,
     )
