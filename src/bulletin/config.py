@@ -6,6 +6,7 @@ package reads the environment on its own.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -15,6 +16,38 @@ if TYPE_CHECKING:
     from bulletin.channels.configs import AnyProviderConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./bulletin.db"
+
+
+def listen_url(host: str, port: int) -> str:
+    """The address a client on this machine writes for a server listening on ``host:port``.
+
+    An unspecified address (``0.0.0.0``, ``::``: every interface) names no machine, so a link
+    to it leads nowhere; the loopback address of its family is the one that surely answers. An
+    IPv6 address is written in brackets, as URLs need.
+    """
+    name = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return f"http://{name}:{port}"
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    if address.version == 6:
+        return f"http://[{address}]:{port}"
+    return f"http://{address}:{port}"
+
+
+def is_local_host(host: str) -> bool:
+    """Whether the address :func:`listen_url` writes for ``host`` (a name or an address)
+    reaches only this machine: a loopback one, or one it puts for every interface."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def normalize_database_url(url: str) -> str:
@@ -187,7 +220,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None,
         description="Address at which providers and people reach this server (webhooks, "
-        "unsubscribe links), e.g. https://bulletin.example.com. Default: http://HOST:PORT.",
+        "unsubscribe links), e.g. https://bulletin.example.com. Default: the address the "
+        "server listens on (HOST and PORT, or `serve --host/--port`), with 127.0.0.1 for "
+        "every interface.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -235,6 +270,11 @@ class Settings(BaseSettings):
     smtp_rate_per_second: float | None = Field(default=None, gt=0)
     twilio_account_sid: str | None = Field(default=None, description="Enables SMS via Twilio.")
     twilio_auth_token: SecretStr | None = None
+    twilio_webhook_signing_key: SecretStr | None = Field(
+        default=None,
+        description="SharedKey secret that verifies webhooks a Twilio Webhook Setting signs "
+        "(X-Twilio-Webhooks-Signature-Settings).",
+    )
     twilio_from: str | None = Field(default=None, description="Sending number (E.164).")
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
@@ -282,8 +322,15 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        """Where this server is reached from outside, without a trailing slash."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        """Where this server is reached from outside, without a trailing slash: the public
+        URL, or else the address it listens on (see :func:`listen_url`)."""
+        return (self.public_url or listen_url(self.host, self.port)).rstrip("/")
+
+    @property
+    def base_url_is_local(self) -> bool:
+        """Whether links and callbacks would name an address only this machine reaches:
+        no public URL is set and the server listens on loopback or on every interface."""
+        return not self.public_url and is_local_host(self.host)
 
     @model_validator(mode="after")
     def _providers_valid(self) -> Settings:
@@ -348,6 +395,7 @@ class Settings(BaseSettings):
                 {
                     "account_sid": self.twilio_account_sid,
                     "auth_token": self.twilio_auth_token,
+                    "webhook_signing_key": self.twilio_webhook_signing_key,
                     "from_number": self.twilio_from,
                     "messaging_service_sid": self.twilio_messaging_service_sid,
                     "base_url": self.twilio_base_url,

@@ -145,12 +145,19 @@ class SmtpConfig(_ProviderConfig):
 class TwilioConfig(_ProviderConfig):
     """Twilio's Programmable Messaging (SMS)."""
 
-    secret_fields: ClassVar[tuple[str, ...]] = ("auth_token",)
+    secret_fields: ClassVar[tuple[str, ...]] = ("auth_token", "webhook_signing_key")
     channels: ClassVar[tuple[str, ...]] = ("sms",)
 
     provider: Literal["twilio"] = "twilio"
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
     auth_token: SecretStr | None = None
+    webhook_signing_key: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        description="The secret of the SharedKey a Twilio Webhook Setting signs this account's "
+        "webhooks with (X-Twilio-Webhooks-Signature-Settings, HMAC-SHA256 or HMAC-SHA1); "
+        "without it such webhooks are refused. Webhooks signed with the auth token need none.",
+    )
     from_number: str | None = Field(
         default=None, description="Sender in E.164; or give messaging_service_sid."
     )

@@ -16,8 +16,12 @@ Twilio's errors are mapped here, at the boundary, onto Bulletin's three outcomes
   out, or a success whose body cannot be read: in doubt.
 
 Webhooks (status callbacks and inbound messages) are form posts signed with
-``X-Twilio-Signature``; :func:`verify_signature`, :func:`parse_status`, :func:`parse_inbound`
-and :func:`inbound_reply` are what an endpoint needs to serve them.
+``X-Twilio-Signature``; :func:`verify_webhook`, :func:`parse_status`, :func:`parse_inbound`
+and :func:`inbound_reply` are what an endpoint needs to serve them. A post is signed with the
+account's auth token (HMAC-SHA1), or, when a Webhook Setting of the account covers its URL,
+with that setting's SharedKey and algorithm, named in ``X-Twilio-Webhooks-Signature-Settings``.
+Twilio signs the URL sometimes with its port written out and sometimes without, so each form
+of the URL is tried (:func:`signed_urls`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
@@ -47,6 +51,7 @@ from bulletin.channels.base import (
 from bulletin.channels.configs import TwilioConfig
 from bulletin.channels.http import ACCOUNT_RETRY_SECONDS, exchange
 from bulletin.channels.sms import sms_text
+from bulletin.channels.text import fit
 from bulletin.errors import (
     ChannelError,
     InDoubtSendError,
@@ -60,6 +65,9 @@ API_VERSION = "2010-04-01"
 
 #: Twilio's "the recipient has opted out (replied STOP)".
 UNSUBSCRIBED = 21610
+#: The longest ``Body`` Twilio takes, in UTF-16 units (21617); longer text is cut, keeping the
+#: preference link.
+BODY_LIMIT = 1600
 #: Codes meaning this address cannot be reached by this sender, now or later.
 _UNREACHABLE_ADDRESS = frozenset({21211, 21408, 21606, 21612, 21614, UNSUBSCRIBED})
 _RATE_LIMITED = 20429
@@ -147,7 +155,7 @@ class TwilioProvider(Provider):
         fields = {
             "To": message.address,
             self._sender[0]: self._sender[1],
-            "Body": sms_text(message.title, message.body),
+            "Body": fit(sms_text(message.title, message.body), BODY_LIMIT, message.preferences_url),
         }
         if self._status_callback_url is not None:
             fields["StatusCallback"] = _with_delivery_id(
@@ -266,30 +274,143 @@ def _sorted_pairs(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> list
     return sorted(pairs)
 
 
+#: The header every webhook is signed in.
+SIGNATURE_HEADER = "X-Twilio-Signature"
+#: Sent when a Webhook Setting signed the post with a SharedKey: ``key=<id>,algorithm=<name>``.
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+HMAC_SHA1 = "HMAC_SHA1"
+HMAC_SHA256 = "HMAC_SHA256"
+_HASHES: dict[str, Callable[..., Any]] = {HMAC_SHA1: hashlib.sha1, HMAC_SHA256: hashlib.sha256}
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
 def signature(
-    auth_token: str, url: str, params: Mapping[str, str] | Sequence[tuple[str, str]]
+    key: str,
+    url: str,
+    params: Mapping[str, str] | Sequence[tuple[str, str]],
+    algorithm: str = HMAC_SHA1,
 ) -> str:
     """The ``X-Twilio-Signature`` Twilio sends with a form post of ``params`` to ``url``.
 
-    It is base64(HMAC-SHA1(auth token, url followed by every parameter's name and value,
-    sorted by name)). ``url`` is the full URL Twilio was given, query string included.
+    It is base64(HMAC(key, url followed by every parameter's name and value, sorted by name)),
+    with SHA-1 and the auth token unless a Webhook Setting chose a SharedKey and an
+    ``algorithm``. ``url`` is the full URL Twilio was given, query string included.
     """
+    hash_function = _HASHES.get(algorithm.upper())
+    if hash_function is None:
+        raise ValueError(f"Twilio has no signature algorithm {algorithm!r}")
     data = url + "".join(name + value for name, value in _sorted_pairs(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    digest = hmac.new(key.encode(), data.encode(), hash_function).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
+def _split_port(netloc: str) -> tuple[str, str | None]:
+    """``netloc`` without its port, and the port; an IPv6 address keeps its brackets."""
+    userinfo, at, hostport = netloc.rpartition("@")
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        host, rest = hostport[: end + 1], hostport[end + 1 :]
+        port = rest[1:] if rest.startswith(":") else None
+    else:
+        host, colon, port_text = hostport.partition(":")
+        port = port_text if colon else None
+    return userinfo + at + host, port
+
+
+def signed_urls(url: str) -> list[str]:
+    """Every form of ``url`` Twilio may have signed a post to it with.
+
+    Twilio's back end signs the URL sometimes with the scheme's default port written out
+    (``:443`` for https, ``:80`` for http, when the URL has none), and sometimes without any
+    port at all, even one that is not the default (its requests for TwiML drop it). Twilio's
+    own helper libraries accept each of these forms, and so does Bulletin: the key, not the
+    URL's spelling, is what proves a post is Twilio's.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    bare, port = _split_port(netloc)
+    forms = [url, f"{scheme}://{bare}{tail}"]
+    default = _DEFAULT_PORTS.get(scheme.lower())
+    if port is None and default is not None:
+        forms.append(f"{scheme}://{bare}:{default}{tail}")
+    return list(dict.fromkeys(forms))
+
+
 def verify_signature(
-    auth_token: str,
+    key: str,
     url: str,
     params: Mapping[str, str] | Sequence[tuple[str, str]],
     header: str | None,
+    algorithm: str = HMAC_SHA1,
 ) -> bool:
-    """Whether ``header`` is Twilio's signature of this post; ``False`` when it is missing."""
+    """Whether ``header`` is Twilio's signature of this post with ``key`` and ``algorithm``,
+    over any form of ``url`` (:func:`signed_urls`); ``False`` when it is missing."""
     if not header:
         return False
-    expected = signature(auth_token, url, params)
-    return hmac.compare_digest(expected.encode(), header.strip().encode())
+    given = header.strip().encode()
+    # Every form is compared, each in constant time, so the time taken tells nothing either.
+    matches = [
+        hmac.compare_digest(signature(key, form, params, algorithm).encode(), given)
+        for form in signed_urls(url)
+    ]
+    return any(matches)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureScheme:
+    """How a webhook says it was signed, from its ``X-Twilio-Webhooks-Signature-Settings``."""
+
+    #: Signed with a SharedKey of a Webhook Setting, not with the account's auth token.
+    shared_key: bool
+    #: ``HMAC_SHA1`` or ``HMAC_SHA256``; ``None`` for an algorithm Bulletin does not know.
+    algorithm: str | None
+    #: The SharedKey's id, as the header names it.
+    key_id: str | None = None
+
+
+def signature_scheme(settings: str | None) -> SignatureScheme:
+    """The scheme a post was signed with: the auth token and HMAC-SHA1 when ``settings`` (the
+    ``X-Twilio-Webhooks-Signature-Settings`` header) is absent or empty, else the SharedKey and
+    the header's ``algorithm`` (HMAC-SHA1 when it names none)."""
+    if settings is None or not settings.strip():
+        return SignatureScheme(shared_key=False, algorithm=HMAC_SHA1)
+    fields: dict[str, str] = {}
+    for part in settings.split(","):
+        name, equals, value = part.partition("=")
+        if equals and value.strip():
+            fields.setdefault(name.strip().lower(), value.strip())
+    algorithm = fields.get("algorithm", HMAC_SHA1).upper()
+    return SignatureScheme(
+        shared_key=True,
+        algorithm=algorithm if algorithm in _HASHES else None,
+        key_id=fields.get("key"),
+    )
+
+
+def verify_webhook(
+    config: TwilioConfig,
+    url: str,
+    params: Mapping[str, str] | Sequence[tuple[str, str]],
+    signature_header: str | None,
+    settings_header: str | None,
+) -> bool:
+    """Whether a post to ``url`` was signed by this account, as its headers say it was.
+
+    Without ``X-Twilio-Webhooks-Signature-Settings`` the signature must be the auth token's
+    (HMAC-SHA1). With it, it must be the configured ``webhook_signing_key``'s, with the
+    algorithm the header names: an unknown algorithm, or no signing key to check it with, is
+    refused, and the auth token never stands in for the key.
+    """
+    scheme = signature_scheme(settings_header)
+    secret = config.webhook_signing_key if scheme.shared_key else config.auth_token
+    if scheme.algorithm is None or secret is None:
+        return False
+    return verify_signature(
+        secret.get_secret_value(), url, params, signature_header, scheme.algorithm
+    )
 
 
 def _now() -> dt.datetime:

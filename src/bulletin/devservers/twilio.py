@@ -8,6 +8,26 @@ or a :attr:`TwilioServer.script`, and it can enforce a rate limit. It also plays
 half: :meth:`TwilioServer.send_status` and :meth:`TwilioServer.send_inbound` post signed
 webhooks, exactly as Twilio would, to Bulletin's endpoints.
 
+It refuses at least what Twilio refuses in a create request, with Twilio's codes and error
+body (``code``, ``message``, ``more_info``, ``status``):
+
+* no ``To``: 21604 (a JSON body too: Twilio reads form posts only);
+* a ``To`` not in E.164: 21211;
+* neither ``From`` nor ``MessagingServiceSid``: 21603;
+* a ``MessagingServiceSid`` that is not ``MG`` and 32 hex digits: 21705;
+* a ``From`` that is not E.164, a short code or an alphanumeric sender id: 21212;
+* a ``From`` that is not one of :attr:`TwilioServer.senders` (when they are given): 21606;
+* no ``Body``: 21602; a ``Body`` over 1,600 characters (UTF-16 code units): 21617;
+* a ``StatusCallback`` that is not an http(s) URL with a host name (no underscores) of at most
+  4,000 characters: 21609;
+* other credentials than the account's: 20003 (401); another account's URL: 20404.
+
+Its webhooks are signed the way the account is set up: with the auth token (HMAC-SHA1), or
+with a :class:`SharedKey` (HMAC-SHA256 by default) and the
+``X-Twilio-Webhooks-Signature-Settings`` header. :attr:`TwilioServer.sign_url` chooses the form
+of the URL signed, as Twilio's back end varies it: as given, with the scheme's default port
+written out (``https://host:443/...``), or without any port.
+
 ::
 
     async with TwilioServer(account_sid=sid, auth_token=token) as server:
@@ -27,18 +47,34 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from bulletin.channels.sms import measure
-from bulletin.channels.twilio import API_VERSION, signature
+from bulletin.channels.twilio import (
+    API_VERSION,
+    HMAC_SHA256,
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    signature,
+)
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+#: Up to 11 letters, digits and spaces, at least one of them a letter.
+_ALPHANUMERIC_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+_MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+#: The longest ``Body`` Twilio takes, counted in UTF-16 code units (an emoji counts two).
+MAX_BODY = 1600
+#: The longest ``StatusCallback`` URL Twilio takes.
+MAX_CALLBACK_URL = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +91,27 @@ class AcceptedSms:
     messaging_service_sid: str | None = None
     #: Every form field exactly as it arrived.
     params: dict[str, str] = field(default_factory=dict)
+    #: The request itself: method, path, headers but ``Authorization`` (it held the account
+    #: sid and the auth token: other credentials are refused, 20003) and every form field in
+    #: the order sent.
+    method: str = "POST"
+    path: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    pairs: tuple[tuple[str, str], ...] = ()
+
+
+#: The form of a webhook's URL that its signature covers (see :func:`signed_form`).
+SignedUrl = Literal["as_given", "default_port", "no_port"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedKey:
+    """A SharedKey that a Webhook Setting signs the account's webhooks with, instead of the
+    auth token."""
+
+    key_id: str
+    secret: str
+    algorithm: str = HMAC_SHA256
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +184,12 @@ _MESSAGES = {
     20003: "Authenticate",
     20429: "Too Many Requests",
     21602: "Message body is required.",
-    21603: "A 'From' phone number is required.",
+    21603: "A 'From' or 'MessagingServiceSid' parameter is required to send a message.",
     21604: "A 'To' phone number is required.",
+    21606: "The 'From' phone number is not a message-capable number of this account.",
+    21609: "Invalid 'StatusCallback'.",
+    21617: "The concatenated message body exceeds the 1600 character limit.",
+    21705: "The Messaging Service is invalid.",
 }
 
 
@@ -160,9 +221,18 @@ class TwilioServer:
         max_per_second: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        senders: Iterable[str] | None = None,
+        shared_key: SharedKey | None = None,
+        sign_url: SignedUrl = "as_given",
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
+        #: The account's own numbers; when set, a ``From`` outside them is refused (21606).
+        self.senders = frozenset(senders) if senders is not None else None
+        #: When set, webhooks are signed with this SharedKey rather than the auth token.
+        self.shared_key = shared_key
+        #: The form of the URL its webhooks are signed over.
+        self.sign_url: SignedUrl = sign_url
         #: When set, sends beyond this many over any 1 s window are answered 429 / 20429.
         self.max_per_second = max_per_second
         #: Decides a fault per request from its form fields; :meth:`fail_next` comes first.
@@ -237,7 +307,10 @@ class TwilioServer:
             return _error(20003, 401)
         if request.match_info["account"] != self.account_sid:
             return _error(20404, 404, f"The requested resource {request.path} was not found")
-        form = {name: str(value) for name, value in (await request.post()).items()}
+        # Twilio reads form posts only: a JSON body has no 'To' (21604).
+        posted = await request.post()
+        pairs = tuple((name, str(value)) for name, value in posted.items())
+        form = dict(pairs)
 
         fault = self._queued.popleft() if self._queued else None
         if fault is None and self.script is not None:
@@ -256,7 +329,7 @@ class TwilioServer:
             self.rate_limited += 1
             return _error(20429, 429)
 
-        sms = self._accept(form)
+        sms = self._accept(form, request, pairs)
         if fault is not None and fault.drop == "drop_after_accept":
             return _drop(request)
         if fault is not None and fault.drop == "garble_after_accept":
@@ -274,10 +347,27 @@ class TwilioServer:
             return _error(21604, 400)
         if not _E164.fullmatch(to):
             return _error(21211, 400, f"The 'To' number {to} is not a valid phone number.")
-        if not form.get("From") and not form.get("MessagingServiceSid"):
+        sender, service = form.get("From", ""), form.get("MessagingServiceSid", "")
+        if not sender and not service:
             return _error(21603, 400)
-        if not form.get("Body"):
+        if service and not _MESSAGING_SERVICE_SID.fullmatch(service):
+            return _error(21705, 400)
+        if sender and not (
+            _E164.fullmatch(sender)
+            or _SHORT_CODE.fullmatch(sender)
+            or _ALPHANUMERIC_ID.fullmatch(sender)
+        ):
+            return _error(21212, 400, f"The 'From' number {sender} is not a valid phone number.")
+        if sender and self.senders is not None and sender not in self.senders:
+            return _error(21606, 400)
+        body = form.get("Body", "")
+        if not body:
             return _error(21602, 400)
+        if len(body.encode("utf-16-le")) // 2 > MAX_BODY:
+            return _error(21617, 400)
+        callback = form.get("StatusCallback")
+        if callback is not None and not _valid_callback(callback):
+            return _error(21609, 400)
         return None
 
     def _over_rate(self) -> bool:
@@ -291,7 +381,9 @@ class TwilioServer:
         self._recent.append(now)
         return False
 
-    def _accept(self, form: dict[str, str]) -> AcceptedSms:
+    def _accept(
+        self, form: dict[str, str], request: web.Request, pairs: tuple[tuple[str, str], ...]
+    ) -> AcceptedSms:
         sms = AcceptedSms(
             sid="SM" + secrets.token_hex(16),
             to=form["To"],
@@ -301,6 +393,10 @@ class TwilioServer:
             at=time.monotonic(),
             messaging_service_sid=form.get("MessagingServiceSid") or None,
             params=dict(form),
+            method=request.method,
+            path=request.path,
+            headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            pairs=pairs,
         )
         self.accepted.append(sms)
         return sms
@@ -375,16 +471,57 @@ class TwilioServer:
         }
         return await self._post_signed(session, url, params)
 
+    def sign(self, url: str, params: dict[str, str]) -> dict[str, str]:
+        """The signature headers Twilio would send with a post of ``params`` to ``url``, set up
+        as this server is (:attr:`shared_key`, :attr:`sign_url`)."""
+        signed_url = signed_form(url, self.sign_url)
+        if self.shared_key is None:
+            return {SIGNATURE_HEADER: signature(self.auth_token, signed_url, params)}
+        key = self.shared_key
+        return {
+            SIGNATURE_HEADER: signature(key.secret, signed_url, params, key.algorithm),
+            SIGNATURE_SETTINGS_HEADER: f"key={key.key_id},algorithm={key.algorithm}",
+        }
+
     async def _post_signed(
         self, session: aiohttp.ClientSession, url: str, params: dict[str, str]
     ) -> WebhookReply:
         headers = {
-            "X-Twilio-Signature": signature(self.auth_token, url, params),
+            **self.sign(url, params),
             "User-Agent": "TwilioProxy/1.1",
             "I-Twilio-Idempotency-Token": secrets.token_hex(16),
         }
         async with session.post(url, data=params, headers=headers) as response:
             return WebhookReply(response.status, await response.text(), response.content_type)
+
+
+def signed_form(url: str, form: SignedUrl) -> str:
+    """``url`` as Twilio's back end may sign it: as given, with the scheme's default port
+    written out when it names none, or without its port."""
+    parts = urlsplit(url)
+    if form == "no_port" and parts.port is not None:
+        return parts._replace(netloc=parts.netloc.rsplit(":", 1)[0]).geturl()
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if form == "default_port" and parts.port is None and default is not None:
+        return parts._replace(netloc=f"{parts.netloc}:{default}").geturl()
+    return url
+
+
+def _valid_callback(url: str) -> bool:
+    """Whether Twilio takes ``url`` as a ``StatusCallback`` (error 21609 when not)."""
+    if len(url) > MAX_CALLBACK_URL or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port out of range or not a number
+        return False
+    hostport = parts.netloc.rpartition("@")[2]
+    bracketed = hostport.startswith("[")
+    host = hostport[: hostport.find("]") + 1] if bracketed else hostport.partition(":")[0]
+    return (
+        parts.scheme in ("http", "https") and port != 0 and _HOST_NAME.fullmatch(host) is not None
+    )
 
 
 # Both raise CancelledError: aiohttp takes it as the client having gone away, so it writes no

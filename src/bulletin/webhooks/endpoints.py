@@ -7,7 +7,9 @@ see :func:`bulletin.webhooks.accounts.webhook_path`):
 * ``/v1/webhooks/whatsapp/{account}``: Meta's verification handshake (GET, that account's
   verify token) and notifications (POST, ``X-Hub-Signature-256`` with its app secret).
 * ``/v1/webhooks/twilio/{account}``: status callbacks and inbound SMS (``X-Twilio-Signature``
-  with its auth token). Bulletin gives Twilio this URL as each message's ``StatusCallback``.
+  with its auth token, or with its webhook signing key when
+  ``X-Twilio-Webhooks-Signature-Settings`` says a SharedKey signed it). Bulletin gives Twilio
+  this URL as each message's ``StatusCallback``.
 
 The URLs without an account, ``/v1/webhooks/whatsapp`` and ``/v1/webhooks/twilio``, are kept
 for the ``default`` account only, as they were before accounts had URLs of their own; an
@@ -183,6 +185,7 @@ async def _whatsapp_notify(request: Request, svc: ServicesDep, key: str) -> Resp
         unchanged=done.applied.unchanged,
         unmatched=done.applied.unmatched,
         foreign=parsed.foreign,
+        skipped=parsed.skipped,
         inbound=done.inbound_new,
         inbound_replayed=done.inbound_replayed,
         preferences_changed=done.preferences_changed,
@@ -236,23 +239,28 @@ async def _twilio_callback(request: Request, svc: ServicesDep, key: str) -> Resp
     async with svc.db.read() as session:
         account = await service.find_account(session, svc.settings, "sms", key)
     config = account.config if account is not None else None
-    token = config.auth_token if isinstance(config, TwilioConfig) else None
     url = _public_url(request, svc.settings.base_url)
-    signature = request.headers.get("X-Twilio-Signature")
+    signature = request.headers.get(twilio.SIGNATURE_HEADER)
+    settings = request.headers.get(twilio.SIGNATURE_SETTINGS_HEADER)
     if (
         account is None
         or not isinstance(config, TwilioConfig)
-        or token is None
-        or not twilio.verify_signature(token.get_secret_value(), url, params, signature)
-        # Signed with this account's token, yet about another account: not this account's.
+        or not twilio.verify_webhook(config, url, params, signature, settings)
+        # Signed with this account's secret, yet about another account: not this account's.
         or fields.get("AccountSid") != config.account_sid
     ):
+        scheme = twilio.signature_scheme(settings)
         log.warning(
             "webhooks.twilio_bad_signature",
             account_known=account is not None,
             present=signature is not None,
+            shared_key=scheme.shared_key,
+            algorithm=scheme.algorithm or "unsupported",
+            # A SharedKey signature with no key to check it: the operator's to fix.
+            signing_key_set=isinstance(config, TwilioConfig)
+            and config.webhook_signing_key is not None,
         )
-        return _not_ours("Twilio", "X-Twilio-Signature")
+        return _not_ours("Twilio", twilio.SIGNATURE_HEADER)
     delivery = request.query_params.get("delivery")
     # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits.
     known = delivery is not None and _DELIVERY_ID.fullmatch(delivery) is not None
