@@ -39,3 +39,18 @@ def test_the_two_commands_exist() -> None:
     for script in ("scripts/serve", "scripts/test"):
         assert f"./{script}" in README
         assert (root / script).stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_every_test_the_provider_rules_name_exists() -> None:
+    table = README.split("### Provider rules", 1)[1].split("\n#", 1)[0]
+    tests = Path(__file__).parent
+    named = set(re.findall(r"`([\w/]+\.py)(?:::(\w+))?`|`(test_\w+)`", table))
+    assert named, "the Provider rules table names no test"
+    sources = {path: path.read_text() for path in tests.rglob("test_*.py")}
+    for file, function, bare in named:
+        if file:
+            path = tests / (file if "/" in file else f"conformance/{file}")
+            assert path.is_file(), f"{file} named in Provider rules does not exist"
+            assert not function or f"def {function}(" in sources[path], f"{file}::{function}"
+        else:
+            assert any(f"def {bare}(" in text for text in sources.values()), bare

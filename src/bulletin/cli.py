@@ -1,4 +1,4 @@
-"""The ``bulletin`` command: serve, worker, migrate, orgs, keys, sandbox."""
+"""The ``bulletin`` command: serve, worker, migrate, orgs, keys, sandbox, devservers."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import os
 import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import structlog
 import typer
@@ -36,6 +38,9 @@ from bulletin.orgs.service import IssuedKey
 from bulletin.sandbox import repository as sandbox
 from bulletin.web.portal import accounts
 from bulletin.web.portal.passwords import new_password
+
+if TYPE_CHECKING:
+    from bulletin.devservers.run import DevServers
 
 app = typer.Typer(
     help="Bulletin: announcements and notifications, delivered once.",
@@ -173,8 +178,18 @@ def _first_start(settings: Settings) -> Prepare:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Listen address (BULLETIN_HOST); links name it without a public URL."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Listen port (BULLETIN_PORT); links name it without BULLETIN_PUBLIC_URL.",
+        ),
+    ] = None,
     worker: Annotated[
         bool, typer.Option("--worker/--no-worker", help="Also run the delivery engine.")
     ] = True,
@@ -202,6 +217,11 @@ def serve(
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
+    # Links, List-Unsubscribe and Twilio's StatusCallback (signed over it) name this server
+    # by the address it really listens on, unless BULLETIN_PUBLIC_URL names another.
+    settings = settings.model_copy(update={"host": host, "port": port})
+    if not shared_port:  # the supervisor warns once for its processes
+        _warn_if_links_are_local(settings)
     processes = processes or settings.api_processes
     if processes > 1:
         if normalize_database_url(settings.database_url).startswith("sqlite"):
@@ -241,6 +261,27 @@ def serve(
         server.run(sockets=sockets)
     if not server.started:
         raise typer.Exit(supervisor.CANNOT_START)  # as uvicorn.run does
+
+
+def _warn_if_links_are_local(settings: Settings) -> None:
+    """Say so when the links people get and the callbacks providers are given would name an
+    address only this machine reaches (no one else could follow or call them), or one that is
+    not https (no one-click unsubscribe)."""
+    if settings.base_url_is_local:
+        log.warning(
+            "public_url.local_only",
+            public_url=settings.base_url,
+            hint="links and provider callbacks use this address, which only this machine "
+            "reaches; set BULLETIN_PUBLIC_URL to the address people and providers use",
+        )
+    elif not settings.base_url.startswith("https://"):
+        log.warning(
+            "public_url.not_https",
+            public_url=settings.base_url,
+            hint="emails offer no one-click unsubscribe (RFC 8058 asks for an https link, and "
+            "large mailbox providers require one-click of bulk senders); serve Bulletin "
+            "behind https and set BULLETIN_PUBLIC_URL to that address",
+        )
 
 
 def _freeze_heap() -> None:
@@ -291,8 +332,14 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Run only the delivery engine (to scale out next to API processes)."""
+    """Run only the delivery engine (to scale out next to API processes).
+
+    The links and callback URLs it sends name BULLETIN_PUBLIC_URL or, without it, the API's
+    address from BULLETIN_HOST and BULLETIN_PORT (it has no --host or --port): give it the
+    same settings as the API processes.
+    """
     settings = _settings()
+    _warn_if_links_are_local(settings)
     port = metrics_port or settings.metrics_port
     exporter = None
     if port is not None:
@@ -306,6 +353,126 @@ def worker(
     finally:
         if exporter is not None:
             exporter.close()
+
+
+#: The first line of a settings file ``bulletin devservers`` writes; it replaces no other file.
+DEVSERVERS_ENV_MARK = "# Written by `bulletin devservers`"
+#: Where ``bulletin devservers`` listens, and where it expects Bulletin, unless told otherwise:
+#: fixed, so that the addresses in the settings it prints are the same on every run.
+DEVSERVERS_BULLETIN_URL = "http://127.0.0.1:8000"
+DEVSERVERS_WHATSAPP_PORT = 9011
+DEVSERVERS_TWILIO_PORT = 9012
+DEVSERVERS_SMTP_PORT = 9025
+
+
+@app.command("devservers")
+def devservers_command(
+    bulletin_url: Annotated[
+        str,
+        typer.Option(
+            "--bulletin-url",
+            help="Where `bulletin serve` listens: the WhatsApp stand-in posts its webhooks "
+            "there (Twilio's go to the StatusCallback each message names).",
+        ),
+    ] = DEVSERVERS_BULLETIN_URL,
+    whatsapp_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="WhatsApp Cloud API stand-in (0: any free).")
+    ] = DEVSERVERS_WHATSAPP_PORT,
+    twilio_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Twilio stand-in (0: any free).")
+    ] = DEVSERVERS_TWILIO_PORT,
+    smtp_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="SMTP stand-in (0: any free).")
+    ] = DEVSERVERS_SMTP_PORT,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="Also write the settings to this file (owner-only); as .env in the directory "
+            "`bulletin serve` runs in, it is read from there. Replaces only a file it wrote.",
+        ),
+    ] = None,
+) -> None:
+    """Run stand-ins for the WhatsApp Cloud API, Twilio and SMTP on 127.0.0.1, and print the
+    settings that point Bulletin at them: real adapters send, and receipts come back, without
+    any provider account. Ctrl-C stops them.
+    """
+    from bulletin.devservers import run as devservers  # not loaded by the other commands
+
+    logs.configure()
+    # aiosmtpd logs every SMTP command and aiohttp every request; what each stand-in took is
+    # logged once, as devservers.* events.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    target = urlsplit(bulletin_url)
+    if target.scheme not in ("http", "https") or not target.hostname:
+        err.print(f"[red]--bulletin-url {bulletin_url!r} is not an http(s) address.[/red]")
+        raise typer.Exit(2)
+    servers = devservers.DevServers(
+        bulletin_url=bulletin_url,
+        whatsapp_port=whatsapp_port,
+        twilio_port=twilio_port,
+        smtp_port=smtp_port,
+    )
+    asyncio.run(_run_devservers(servers, env_file))
+
+
+async def _run_devservers(servers: DevServers, env_file: Path | None) -> None:
+    from bulletin.devservers.run import environment_text
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(servers)
+        except OSError as exc:
+            err.print(f"[red]Cannot start the stand-ins: {exc}[/red] (choose other ports)")
+            raise typer.Exit(1) from None
+        settings = environment_text(servers.environment())
+        if env_file is not None:
+            try:
+                _write_env_file(
+                    env_file, f"{DEVSERVERS_ENV_MARK}; it replaces this file.\n{settings}"
+                )
+            except OSError as exc:
+                err.print(f"[red]Cannot write {env_file}: {exc}[/red]")
+                raise typer.Exit(1) from None
+        typer.echo(
+            "# Settings that point Bulletin at the stand-ins. Paste them into the terminal "
+            "where you run `bulletin serve`.\n" + settings
+        )
+        env = servers.environment()
+        err.print(
+            "Stand-ins on 127.0.0.1 (Ctrl-C stops them):\n"
+            f"  WhatsApp Cloud API  {env['BULLETIN_WHATSAPP_BASE_URL']}, "
+            f"webhooks to {servers.whatsapp_webhook_url}\n"
+            f"  Twilio              {env['BULLETIN_TWILIO_BASE_URL']}, "
+            "status callbacks to the URL each message names\n"
+            f"  SMTP                {env['BULLETIN_SMTP_HOST']}:{env['BULLETIN_SMTP_PORT']}"
+            + (f"\nSettings written to {env_file}." if env_file is not None else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+        await stop.wait()
+        log.info("devservers.stopping")
+
+
+def _write_env_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (it holds secrets).
+
+    An existing file is replaced only if this command wrote it: a ``.env`` may hold a
+    person's own settings, and those are not ours to lose.
+    """
+    if path.is_symlink() or path.exists():
+        with path.open(encoding="utf-8", errors="replace") as existing:
+            if not existing.readline().startswith(DEVSERVERS_ENV_MARK):
+                raise FileExistsError("it exists and `bulletin devservers` did not write it")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 @app.command("secret-key")
