@@ -41,7 +41,9 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         secret = bearer.credentials if bearer is not None else header
         if not secret:
             raise AuthenticationFailed(
-                "Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+                # Worded so that the masking of secrets in answers leaves it whole.
+                "Send an API key in the Authorization header with the Bearer scheme, or in "
+                "the X-API-Key header."
             )
         keys: orgs.KeyCache = request.app.state.keys
         principal = keys.get(secret)
