@@ -46,7 +46,8 @@ async def test_a_missing_or_unknown_key_is_a_401_with_a_challenge(api: Api) -> N
         assert response.headers["WWW-Authenticate"].startswith("Bearer"), path
         # It says how to send a key, whole: the masking of secrets leaves this advice alone.
         detail = response.json()["detail"]
-        assert "Authorization" in detail and "X-API-Key" in detail, detail
+        assert "Authorization" in detail, detail
+        assert "X-API-Key" in detail, detail
         assert "[redacted]" not in detail, detail
     # A scheme other than Bearer carries no key either.
     basic = await api.client.get("/v1/announcements", headers={"Authorization": "Basic YTpi"})
