@@ -104,9 +104,9 @@ async def reconcile(
         if entry["delivery"] is not None:
             accepted_by_delivery[int(entry["delivery"])] += 1
     for entry in ledger["email"]:
-        # "<bulletin.{delivery id}@domain>"
+        # "<bulletin.{message id}.{delivery id}@domain>"
         local = entry["message_id"].strip("<>").split("@")[0]
-        accepted_by_delivery[int(local.removeprefix("bulletin."))] += 1
+        accepted_by_delivery[int(local.rsplit(".", 1)[1])] += 1
     report.provider_accepted = sum(accepted_by_delivery.values())
     for delivery_id, times in accepted_by_delivery.items():
         if times > 1:
