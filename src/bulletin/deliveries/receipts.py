@@ -218,7 +218,7 @@ async def apply_receipts(
             ],
         )
     await session.flush()
-    await repository.close_windows_sent_before(session, closed)
+    await recipients.close_windows_sent_before(session, closed)
     await repository.reopen_messages(session, reopened)
     if failed:
         await repository.fall_back(session, failed, now)

@@ -25,155 +25,27 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     Table,
     and_,
     bindparam,
-    case,
     func,
     insert,
     literal,
     or_,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
-from bulletin.deliveries.outcomes import CloseWindow, Outcome
+from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState, MessageState
-from bulletin.messages.models import Message, MessageRecipient
-from bulletin.recipients.models import Recipient, RecipientGroup
+from bulletin.messages.models import Message
+from bulletin.recipients import repository as recipients
+from bulletin.recipients.models import Recipient
 from bulletin.worker.policy import AS_TEMPLATE, SENDING_TEMPLATE, address_of, unusable
-
-_ADDRESS = {
-    "whatsapp": Recipient.whatsapp,
-    "email": Recipient.email,
-    "sms": Recipient.phone,
-}
-_PREFERENCE = {
-    "whatsapp": Recipient.pref_whatsapp,
-    "email": Recipient.pref_email,
-    "sms": Recipient.pref_sms,
-}
-
-
-# --- Resolving an audience into deliveries -------------------------------------------------
-
-
-def _members(message: Message, after: int, upper: int | None = None) -> Select[Any]:
-    """Ids (as ``rid``) of the message's recipients with ``after < id <= upper``.
-
-    Each audience is read from its own index (the explicit list, the group memberships, or
-    the organization's recipients by id) and joined to recipients by primary key. That plan
-    is right whatever the planner's statistics say: right after a bulk import PostgreSQL has
-    none, and a correlated EXISTS was then planned as a nested loop rescanning every
-    recipient for every member.
-    """
-    audience = message.audience
-    if audience.get("recipients"):
-        rid: Any = MessageRecipient.recipient_id
-        query = select(rid.label("rid")).where(MessageRecipient.message_id == message.id)
-    elif audience.get("groups"):
-        rid = RecipientGroup.recipient_id
-        query = (
-            select(rid.label("rid"))
-            .join(Recipient, Recipient.id == rid)
-            .where(
-                RecipientGroup.org_id == message.org_id,
-                RecipientGroup.name.in_(audience["groups"]),
-                Recipient.active.is_(True),
-            )
-            .group_by(rid)
-        )
-    else:
-        rid = Recipient.id
-        query = select(rid.label("rid")).where(
-            Recipient.org_id == message.org_id, Recipient.active.is_(True)
-        )
-    query = query.where(rid > after)
-    if upper is not None:
-        query = query.where(rid <= upper)
-    return query.order_by(rid)
-
-
-def _first_usable_channel(channels: Sequence[str]) -> ColumnElement[str]:
-    """SQL for the first channel, in the message's order, that a recipient can be reached on.
-
-    The worker checks again at dispatch (preferences may change in between); this choice only
-    decides which row is created for ``routing: "first"``.
-    """
-    whens = [
-        (and_(_ADDRESS[c].is_not(None), func.coalesce(_PREFERENCE[c], true())), literal(c))
-        for c in channels
-    ]
-    return case(*whens, else_=literal(channels[0]))
-
-
-async def resolve_chunk(
-    session: AsyncSession, message: Message, chunk: int, now: dt.datetime | None = None
-) -> tuple[int, bool]:
-    """Turn the next ``chunk`` recipients after ``message.resolve_cursor`` into deliveries.
-
-    Set-based (``INSERT ... SELECT``) and idempotent (``ON CONFLICT DO NOTHING`` on message,
-    recipient and channel), so a crash part-way and a second attempt make each delivery once.
-    Returns how many recipients the chunk held and whether the audience is exhausted; the
-    caller stores the advanced cursor in the same transaction.
-    """
-    window = _members(message, message.resolve_cursor).limit(chunk).subquery()
-    count, upper = (await session.execute(select(func.count(), func.max(window.c.rid)))).one()
-    if not count:
-        return 0, True
-    members = _members(message, message.resolve_cursor, int(upper)).subquery()
-    in_chunk = select(Recipient.id).join(members, Recipient.id == members.c.rid)
-    fallback_at = None
-    if message.routing == "first" and message.fallback_after_seconds:
-        start = max(message.send_at, now or message.send_at)
-        fallback_at = start + dt.timedelta(seconds=message.fallback_after_seconds)
-    if message.routing == "all":
-        channel_choices: list[ColumnElement[str]] = [literal(c) for c in message.channels]
-    else:
-        channel_choices = [_first_usable_channel(message.channels)]
-    for channel in channel_choices:
-        rows = in_chunk.with_only_columns(
-            literal(message.org_id, Delivery.org_id.type),
-            literal(message.id, Delivery.message_id.type),
-            Recipient.id,
-            channel,
-            literal(DeliveryState.PENDING.value),
-            literal(0),
-            literal(0),
-            literal(message.send_at, UTCDateTime()),
-            literal(message.send_at, UTCDateTime()),
-            literal(message.send_at, UTCDateTime()),
-            literal(fallback_at, UTCDateTime()),
-        )
-        columns = [
-            "org_id",
-            "message_id",
-            "recipient_id",
-            "channel",
-            "state",
-            "attempt",
-            "send_attempts",
-            "next_attempt_at",
-            "created_at",
-            "updated_at",
-            "fallback_at",
-        ]
-        statement = (
-            upsert_statement(session, Delivery)
-            .from_select(columns, rows)
-            .on_conflict_do_nothing(index_elements=["message_id", "recipient_id", "channel"])
-        )
-        await session.execute(statement)
-    message.resolve_cursor = int(upper)
-    message.audience_size = (message.audience_size or 0) + int(count)
-    return int(count), int(count) < chunk
-
 
 # --- Claiming -------------------------------------------------------------------------------
 
@@ -440,7 +312,8 @@ async def complete(
         if o.suppress is not None:
             s = o.suppress
             await add_suppression(session, s.org_id, s.channel, s.address, o.detail or "", now)
-    await close_windows(session, [o.close_window for o in applied if o.close_window is not None])
+    closed = [o.close_window for o in applied if o.close_window is not None]
+    await recipients.close_windows(session, [(w.recipient_id, w.seen_inbound_at) for w in closed])
     failed = [o.delivery_id for o in applied if o.state == DeliveryState.FAILED]
     if failed:
         await fall_back(session, failed, now)
@@ -448,52 +321,6 @@ async def complete(
     if again:
         await cancel_orphans(session, now, again)
     return applied
-
-
-async def close_windows(session: AsyncSession, windows: Sequence[CloseWindow]) -> None:
-    """Record these people's WhatsApp windows as closed, in one statement.
-
-    Only where their last inbound message is still the one the dispatcher saw: one that came in
-    while the send was under way opened the window again. Forgetting the time (rather than
-    moving it back) leaves any later inbound message free to open the window.
-    """
-    if not windows:
-        return
-    people = cast(Table, Recipient.__table__)
-    statement = (
-        update(people)
-        .where(
-            people.c.id == bindparam("b_id"),
-            people.c.whatsapp_inbound_at == bindparam("b_seen", type_=UTCDateTime()),
-        )
-        .values(whatsapp_inbound_at=None)
-    )
-    await session.execute(
-        statement, [{"b_id": w.recipient_id, "b_seen": w.seen_inbound_at} for w in windows]
-    )
-
-
-async def close_windows_sent_before(
-    session: AsyncSession, sends: Sequence[tuple[int, dt.datetime]]
-) -> None:
-    """Record WhatsApp windows as closed after failed receipts saying so, in one statement.
-
-    ``sends`` are (recipient id, time of the failed send) pairs. A person's window is forgotten
-    only if their last message is not newer than the send: one they wrote after it opened the
-    window again, whatever the receipt says about the send.
-    """
-    if not sends:
-        return
-    people = cast(Table, Recipient.__table__)
-    statement = (
-        update(people)
-        .where(
-            people.c.id == bindparam("b_id"),
-            people.c.whatsapp_inbound_at <= bindparam("b_sent", type_=UTCDateTime()),
-        )
-        .values(whatsapp_inbound_at=None)
-    )
-    await session.execute(statement, [{"b_id": rid, "b_sent": at} for rid, at in sends])
 
 
 async def may_send_template_instead(session: AsyncSession, delivery: Delivery) -> bool:
@@ -775,14 +602,6 @@ async def count_by_state_for(
     for message_id, state, n in rows:
         counts[message_id][state] = n
     return counts
-
-
-async def count_audience(session: AsyncSession, org_id: uuid.UUID, audience: dict[str, Any]) -> int:
-    """How many people an audience of everyone or of groups resolves to now, counted with the
-    same query that resolves it (a named list is counted by its caller)."""
-    probe = Message(id=uuid.UUID(int=0), org_id=org_id, audience=audience)
-    members = _members(probe, 0).order_by(None).subquery()
-    return (await session.execute(select(func.count()).select_from(members))).scalar_one()
 
 
 async def reopen_unknown(

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import Database, utcnow
+from bulletin.deliveries import audience as audiences
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
@@ -73,7 +74,7 @@ async def count_audience(
         wanted = list(dict.fromkeys(audience.recipients))
         found = await recipients.existing_external_ids(session, org_id, wanted)
         return len(found), [e for e in wanted if e not in found]
-    return await deliveries.count_audience(
+    return await audiences.count_audience(
         session, org_id, audience.model_dump(exclude_none=True)
     ), []
 

@@ -6,9 +6,22 @@ import datetime as dt
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, Uuid, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Uuid,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import UTCDateTime, chunked, dialect_name
@@ -251,3 +264,45 @@ async def with_number(
     if org_ids is not None:
         query = query.where(Recipient.org_id.in_(org_ids))
     return list((await session.execute(query)).scalars())
+
+
+#: The time of each (recipient id, time) pair given to :func:`_forget_inbound`.
+_AT = bindparam("b_at", type_=UTCDateTime())
+
+
+async def close_windows(session: AsyncSession, seen: Sequence[tuple[int, dt.datetime]]) -> None:
+    """Record these people's WhatsApp windows as closed, in one statement.
+
+    ``seen`` are (recipient id, their last inbound message as the dispatcher read it before the
+    send) pairs. Only where that message is still their last: one that came in while the send
+    was under way opened the window again. Forgetting the time (rather than moving it back)
+    leaves any later inbound message free to open the window.
+    """
+    await _forget_inbound(session, _RECIPIENTS.c.whatsapp_inbound_at == _AT, seen)
+
+
+async def close_windows_sent_before(
+    session: AsyncSession, sends: Sequence[tuple[int, dt.datetime]]
+) -> None:
+    """Record WhatsApp windows as closed after failed receipts saying so, in one statement.
+
+    ``sends`` are (recipient id, time of the failed send) pairs. A person's window is forgotten
+    only if their last message is not newer than the send: one they wrote after it opened the
+    window again, whatever the receipt says about the send.
+    """
+    await _forget_inbound(session, _RECIPIENTS.c.whatsapp_inbound_at <= _AT, sends)
+
+
+async def _forget_inbound(
+    session: AsyncSession, condition: ColumnElement[bool], pairs: Sequence[tuple[int, dt.datetime]]
+) -> None:
+    """Forget the last inbound WhatsApp message of each pair's recipient where ``condition``
+    holds of the pair's time, in one statement."""
+    if not pairs:
+        return
+    statement = (
+        update(_RECIPIENTS)
+        .where(_RECIPIENTS.c.id == bindparam("b_id"), condition)
+        .values(whatsapp_inbound_at=None)
+    )
+    await session.execute(statement, [{"b_id": rid, "b_at": at} for rid, at in pairs])

@@ -20,6 +20,7 @@ from bulletin.backoff import Backoff
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, describe, is_unavailable, utcnow
+from bulletin.deliveries import audience
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.states import MessageState
 from bulletin.messages import repository as messages
@@ -129,7 +130,7 @@ class Scheduler:
                 if message is None:
                     self._resolved_up_to = now + RESOLVE_AHEAD
                     return total
-                count, exhausted = await deliveries.resolve_chunk(
+                count, exhausted = await audience.resolve_chunk(
                     session, message, self._settings.resolve_chunk_size, now
                 )
                 message.state = MessageState.RESOLVING.value
