@@ -8,7 +8,7 @@ from sqlalchemy import delete, update
 from bulletin.db import Database
 from bulletin.orgs.models import InstanceSecret, Organization
 from bulletin.web.links import PreferenceLinks
-from bulletin.worker.dispatcher import TextLinkSetting
+from bulletin.worker.lookups import TextLinkSetting
 from factories import new_org
 
 

@@ -74,6 +74,11 @@ async def lock_for_cancel(
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def by_ids(session: AsyncSession, ids: list[uuid.UUID]) -> list[Message]:
+    """The messages of ``ids`` that exist, in no particular order."""
+    return list((await session.execute(select(Message).where(Message.id.in_(ids)))).scalars())
+
+
 async def cancelled_among(session: AsyncSession, ids: set[uuid.UUID]) -> set[uuid.UUID]:
     """Those of ``ids`` whose message is cancelled."""
     query = select(Message.id).where(

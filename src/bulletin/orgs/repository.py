@@ -1,4 +1,4 @@
-"""Every query about API keys."""
+"""Every query about organizations and their API keys."""
 
 from __future__ import annotations
 
@@ -56,6 +56,16 @@ async def page_keys(
     if after is not None:
         query = query.where(ApiKey.id > after)
     return list((await session.execute(query.order_by(ApiKey.id).limit(limit))).scalars())
+
+
+async def with_text_links(session: AsyncSession, org_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``org_ids`` whose texts carry the preference link."""
+    rows = await session.execute(
+        select(Organization.id).where(
+            Organization.id.in_(org_ids), Organization.preference_links_in_texts.is_(True)
+        )
+    )
+    return set(rows.scalars())
 
 
 async def lock_organization(session: AsyncSession, org_id: uuid.UUID) -> None:

@@ -280,13 +280,3 @@ async def update_organization(
         org.preference_links_in_texts = body.preference_links_in_texts
     await session.flush()
     return _out(org)
-
-
-async def with_text_links(session: AsyncSession, org_ids: set[uuid.UUID]) -> set[uuid.UUID]:
-    """Those of ``org_ids`` whose texts carry the preference link."""
-    rows = await session.execute(
-        select(Organization.id).where(
-            Organization.id.in_(org_ids), Organization.preference_links_in_texts.is_(True)
-        )
-    )
-    return set(rows.scalars())

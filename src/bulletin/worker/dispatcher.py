@@ -26,23 +26,18 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
 
 import structlog
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bulletin.backoff import Backoff
-from bulletin.channels.base import OutboundMessage, Provider, WhatsAppTemplate
-from bulletin.channels.configs import WhatsAppCloudConfig
+from bulletin.channels.base import OutboundMessage, Provider
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.channels.text import preferences_line
 from bulletin.config import Settings
 from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.outcomes import Outcome, SuppressAddress
-from bulletin.deliveries.receipts import window_open
 from bulletin.deliveries.repository import ClaimedRow
 from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import (
@@ -51,22 +46,14 @@ from bulletin.errors import (
     TransientSendError,
     WindowClosed,
 )
-from bulletin.messages import repository as message_rows
-from bulletin.messages.models import Message
-from bulletin.messages.service import view_of
-from bulletin.messages.templates import (
-    BudgetExceeded,
-    Content,
-    MessageTemplates,
-    TemplateChoice,
-    TemplateFailed,
-)
+from bulletin.messages.templates import BudgetExceeded, TemplateFailed
 from bulletin.metrics import RETRIES, SEND_SECONDS
-from bulletin.orgs import service as orgs
 from bulletin.recipients.models import Recipient
 from bulletin.web.links import PreferenceLinks, unsubscribe_url
 from bulletin.worker import policy
 from bulletin.worker.completer import Completer
+from bulletin.worker.content import content_for, has_template
+from bulletin.worker.lookups import CancelChecks, MessageCache, TextLinkSetting
 from bulletin.worker.pacing import Later, Pacer, PairHold
 from bulletin.worker.policy import MessageFacts, RetryPolicy, Send, Suppress
 from bulletin.worker.signals import Wakeup
@@ -82,122 +69,6 @@ _DECIDE_BETWEEN_YIELDS_SECONDS = 0.01
 # Deliveries are claimed and decided up to this long before they are due, then sent when they
 # are: the claim's round trips to the database are not added to the time it is sent at.
 CLAIM_AHEAD = dt.timedelta(seconds=0.25)
-
-
-class CancelChecks:
-    """Whether messages were cancelled, for deliveries claimed ahead of their time that are
-    about to start: deliveries of one message come due together, so the checks of one moment
-    are made as one query."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._asked: set[uuid.UUID] = set()
-        self._answer: asyncio.Future[set[uuid.UUID]] | None = None
-
-    async def cancelled(self, message_id: uuid.UUID) -> bool:
-        if self._answer is None:
-            self._answer = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._ask)
-        answer = self._answer
-        self._asked.add(message_id)
-        return message_id in await asyncio.shield(answer)
-
-    def _ask(self) -> None:
-        asked, self._asked = self._asked, set()
-        answer, self._answer = self._answer, None
-        assert answer is not None
-        task = asyncio.ensure_future(self._query(asked))
-        task.add_done_callback(lambda t: _settle(answer, t))
-
-    async def _query(self, ids: set[uuid.UUID]) -> set[uuid.UUID]:
-        async with self._db.read() as session:
-            return await message_rows.cancelled_among(session, ids)
-
-
-def _settle(future: asyncio.Future[set[uuid.UUID]], task: asyncio.Task[set[uuid.UUID]]) -> None:
-    if future.done():
-        return
-    if task.cancelled():
-        future.cancel()
-    elif (exc := task.exception()) is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(task.result())
-
-
-class MessageCache:
-    """Message content by id. Content never changes after creation, so caching is safe."""
-
-    def __init__(self, db: Database, size: int = 10_000) -> None:
-        self._db = db
-        self._size = size
-        self._items: OrderedDict[uuid.UUID, MessageFacts] = OrderedDict()
-
-    async def get_many(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, MessageFacts]:
-        missing = [i for i in ids if i not in self._items]
-        if missing:
-            async with self._db.read() as session:
-                rows = await session.execute(select(Message).where(Message.id.in_(missing)))
-                for m in rows.scalars():
-                    try:
-                        compiled = MessageTemplates(m.title, m.body, m.overrides)
-                    except TemplateFailed as exc:
-                        # Checked at creation, so only a message stored by an older version.
-                        log.exception(
-                            "worker.template_invalid", message_id=str(m.id), error=str(exc)
-                        )
-                        compiled = None
-                    self._items[m.id] = MessageFacts(
-                        id=m.id,
-                        org_id=m.org_id,
-                        title=m.title,
-                        body=m.body,
-                        channels=tuple(m.channels),
-                        routing=m.routing,
-                        category=m.category,
-                        urgent=m.urgent,
-                        templates=compiled,
-                    )
-        found = {}
-        for i in ids:
-            self._items.move_to_end(i)
-            found[i] = self._items[i]
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return found
-
-
-class TextLinkSetting:
-    """Which organizations want the preference link at the end of SMS and WhatsApp texts.
-
-    Read for the organizations of a claimed batch and kept for ``seconds``, so that sending
-    costs no query per message; a change of the setting applies within that time.
-    """
-
-    def __init__(
-        self, db: Database, seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._db = db
-        self._seconds = seconds
-        self._clock = clock
-        self._known: dict[uuid.UUID, tuple[float, bool]] = {}
-
-    async def refresh(self, org_ids: set[uuid.UUID]) -> None:
-        """Read the setting of those of ``org_ids`` not read in the last ``seconds``."""
-        now = self._clock()
-        stale = {o for o in org_ids if o not in self._known or self._known[o][0] <= now}
-        if not stale:
-            return
-        async with self._db.read() as session:
-            enabled = await orgs.with_text_links(session, stale)
-        if len(self._known) > 10_000:
-            self._known.clear()  # that many organizations in one batch window is rare
-        for org_id in stale:
-            self._known[org_id] = (now + self._seconds, org_id in enabled)
-
-    def enabled(self, org_id: uuid.UUID) -> bool:
-        known = self._known.get(org_id)
-        return known is not None and known[1]
 
 
 class Dispatcher:
@@ -468,7 +339,8 @@ class Dispatcher:
     ) -> None:
         rerouted = send.channel if send.channel != row.channel else None
         try:
-            content, template = self._content(row, recipient, message, send.channel)
+            config = self._registry.config_for(row.org_id, send.channel)
+            content, template = content_for(message, recipient, send.channel, config, utcnow())
         except TemplateFailed as exc:
             # Only this delivery fails: the reason (a budget exceeded, data that does not fit
             # the template) is the delivery's detail, for the organization to read.
@@ -537,42 +409,6 @@ class Dispatcher:
                 outbound, preferences_url=page, body=outbound.body + preferences_line(page)
             )
         return outbound
-
-    def _content(
-        self, row: ClaimedRow, recipient: Recipient, message: MessageFacts, channel: str
-    ) -> tuple[Content, WhatsAppTemplate | None]:
-        """What this person is sent on ``channel``; raises TemplateFailed when it cannot be."""
-        if message.templates is None:
-            raise TemplateFailed("the message's templates are not valid")
-        config = self._registry.config_for(row.org_id, channel)
-        if not isinstance(config, WhatsAppCloudConfig):
-            return message.templates.render(channel, view_of(recipient)), None
-        chosen = message.templates.whatsapp_template
-        if chosen is None and not window_open(recipient.whatsapp_inbound_at, utcnow()):
-            if config.template is None:
-                raise TemplateFailed(
-                    "the person has not written on WhatsApp in the last 24 hours, so only an "
-                    "approved template may be sent, and neither the message nor the WhatsApp "
-                    "configuration names one"
-                )
-            chosen = TemplateChoice(
-                config.template.name, config.template.language, tuple(config.template.parameters)
-            )
-        if chosen is None:
-            return message.templates.render(channel, view_of(recipient)), None
-        content = message.templates.render(
-            channel, view_of(recipient), template_parameters=list(chosen.parameters)
-        )
-        parameters = content.template_parameters or ()
-        return content, WhatsAppTemplate(chosen.name, chosen.language, parameters)
-
-    def _has_template(self, row: ClaimedRow, message: MessageFacts, channel: str) -> bool:
-        """Whether a WhatsApp message of ``message`` can go as an approved template."""
-        config = self._registry.config_for(row.org_id, channel)
-        if not isinstance(config, WhatsAppCloudConfig):
-            return False
-        named = message.templates is not None and message.templates.whatsapp_template is not None
-        return named or config.template is not None
 
     async def _slow_down(
         self, provider: Provider, seconds: float, give_back: PairHold | None
@@ -733,7 +569,9 @@ class Dispatcher:
                 recipient_id=row.recipient_id,
                 seen_inbound_at=seen_inbound_at,
                 sent_template=sent_template,
-                template_available=self._has_template(row, message, outbound.channel),
+                template_available=has_template(
+                    message, self._registry.config_for(row.org_id, outbound.channel)
+                ),
                 now=utcnow(),
                 why=exc.detail,
                 channel=rerouted,
