@@ -6,9 +6,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from bulletin.channels.base import DEFAULT_ACCOUNT, OutboundMessage
 from bulletin.db import Database, utcnow
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
@@ -75,3 +77,90 @@ async def count_states(db: Database, message_id: uuid.UUID) -> dict[str, int]:
 
 def ago(seconds: float) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=seconds)
+
+
+async def sent_on_whatsapp(
+    db: Database, phone: str, wamid: str, *, message_state: str | None = None
+) -> Delivery:
+    """The one WhatsApp delivery of a new announcement to a person at ``phone``, as the worker
+    leaves it once the Cloud API took it as ``wamid``: sent by the environment's account,
+    awaiting its statuses.
+
+    The delivery comes from the real resolution of the audience; only the send is skipped, so
+    a test can post receipts for it without running the engine. ``message_state`` puts the
+    announcement itself in that state (a completed or cancelled message).
+    """
+    org = await new_org(db)
+    await add_people(db, org, [person(1, whatsapp=phone)])
+    message = await announce(db, org, channels=["whatsapp"])
+    async with db.transaction() as session:
+        loaded = await session.get(Message, message.id)
+        assert loaded is not None
+        await resolve_chunk(session, loaded, 100)
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.message_id == message.id)
+            .values(
+                state="sent",
+                provider="whatsapp_cloud",
+                provider_account=DEFAULT_ACCOUNT,
+                provider_message_id=wamid,
+                sent_at=utcnow(),
+            )
+        )
+        if message_state is not None:
+            await session.execute(
+                update(Message).where(Message.id == message.id).values(state=message_state)
+            )
+    [delivery] = await deliveries_of(db, message.id)
+    return delivery
+
+
+#: Whom each channel's test message is for and what it says, unless a test says otherwise.
+USUAL_MESSAGE: dict[str, dict[str, Any]] = {
+    "email": {
+        "address": "zoe@example.net",
+        "recipient_name": "Zoë Ångström",
+        "locale": "de",
+        "title": "Wasser: Störung in Köln ☔",
+        "body": "Kein Wasser bis 14:00.\nBitte Vorrat anlegen.",
+        "category": "outage",
+    },
+    "sms": {
+        "address": "+27821234567",
+        "recipient_name": "Thandi",
+        "locale": "en",
+        "title": "Water outage",
+        "body": "No water until 14:00.",
+        "category": None,
+    },
+    "whatsapp": {
+        "address": "+31612345678",
+        "recipient_name": "Ada",
+        "locale": "en",
+        "title": "Water outage",
+        "body": "No water on Elm Street until 15:00.",
+        "category": None,
+    },
+}
+
+
+def outbound_message(channel: str, *, delivery_id: int = 42, **fields: Any) -> OutboundMessage:
+    """What the worker hands a provider to send one delivery on ``channel`` (``email``,
+    ``sms`` or ``whatsapp``), for tests of the adapters that need no database.
+
+    It is the channel's usual message (:data:`USUAL_MESSAGE`), on its first attempt, with
+    ``fields`` (any of :class:`OutboundMessage`'s: ``address``, ``title``, ``body``,
+    ``whatsapp_template``, ``attempt`` ...) in place of what they name. Each call is another
+    message of another organization, unless ``message_id`` or ``org_id`` is given.
+    """
+    usual: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "attempt": 1,
+        "org_id": uuid.uuid4(),
+        "message_id": uuid.uuid4(),
+        "channel": channel,
+        "recipient_external_id": "p-1",
+        **USUAL_MESSAGE[channel],
+    }
+    return OutboundMessage(**(usual | fields))

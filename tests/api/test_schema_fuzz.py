@@ -40,8 +40,8 @@ from urllib3.util.retry import Retry
 
 from bulletin.crypto import generate_key
 from bulletin.db import Database
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.orgs import service as orgs

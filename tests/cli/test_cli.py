@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -91,16 +91,6 @@ class Process:
         assert code in (0, -signal.SIGTERM), self.output()
         assert "Traceback" not in self.output(), self.output()
         assert "worker.stopped" in self.output() or "--no-worker" in " ".join(self.args)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
-        p._out.close()
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:

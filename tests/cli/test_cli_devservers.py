@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,16 +14,6 @@ import pytest
 from bulletin.config import Settings
 from bulletin.devservers.run import DevServers, environment_text
 from cli.test_cli import Process, environment, first_start_credentials, free_port, ready, wait_until
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
-        p._out.close()
 
 
 async def test_the_printed_settings_are_settings_bulletin_reads(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,16 +35,6 @@ def test_start_up_warns_of_links_nobody_else_reaches_or_without_one_click(
     with structlog.testing.capture_logs() as logs:
         _warn_if_links_are_local(settings)
     assert [line["event"] for line in logs] == ([warning] if warning else [])
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
-        p._out.close()
 
 
 @pytest.mark.parametrize(

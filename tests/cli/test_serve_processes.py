@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,16 +13,6 @@ import pytest
 
 from bulletin.supervisor import shared_port_socket
 from cli.test_cli import Process, environment, free_port, ready, run, wait_until
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
-        p._out.close()
 
 
 def children(pid: int) -> set[int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import email.policy
 import re
-import uuid
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -35,6 +34,7 @@ from bulletin.devservers.smtp import ReceivedEmail, SmtpServer, content_refusal
 from bulletin.errors import PermanentSendError
 from e2e.stack import Stack
 from e2e.test_channels_e2e import ZANELE, settled
+from factories import outbound_message
 
 SENDER = "notices@water.example.org"
 RECIPIENT = "zoe@example.net"
@@ -58,22 +58,10 @@ def make_config(server: SmtpServer, **changes: Any) -> SmtpConfig:
     return SmtpConfig.model_validate(values | changes)
 
 
-def make_message(delivery_id: int = 42, **changes: Any) -> OutboundMessage:
-    values: dict[str, Any] = {
-        "delivery_id": delivery_id,
-        "attempt": 1,
-        "org_id": uuid.uuid4(),
-        "message_id": uuid.uuid4(),
-        "channel": "email",
-        "address": RECIPIENT,
-        "recipient_external_id": "p-1",
-        "recipient_name": "Zoë Ångström",
-        "locale": "de",
-        "title": "Wasser: Störung in Köln ☔",
-        "body": "Kein Wasser bis 14:00.\nBitte Vorrat anlegen.",
-        "category": "outage",
-    }
-    return OutboundMessage(**(values | changes))
+def make_message(
+    delivery_id: int = 42, *, address: str = RECIPIENT, **changes: Any
+) -> OutboundMessage:
+    return outbound_message("email", delivery_id=delivery_id, address=address, **changes)
 
 
 @pytest.fixture

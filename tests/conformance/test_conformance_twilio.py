@@ -29,15 +29,13 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode, urlparse, urlsplit
 
 import aiohttp
 import httpx
 import pytest
 import structlog
-from aiohttp import web
 from sqlalchemy import select, update
 from twilio.base.exceptions import TwilioRestException
 from twilio.http import HttpClient
@@ -62,8 +60,8 @@ from bulletin.channels.twilio import TwilioProvider
 from bulletin.config import Settings
 from bulletin.crypto import generate_key
 from bulletin.db import Database
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.devservers.twilio import SharedKey, SignedUrl, TwilioServer
 from bulletin.messages.models import Message
 from bulletin.orgs.keys import Scope
@@ -71,7 +69,9 @@ from bulletin.providers.models import ChannelConfig
 from bulletin.recipients.models import Recipient
 from bulletin.webhooks.accounts import webhook_path
 from conftest import Api, make_settings
-from e2e.stack import free_port, serve
+from e2e.stack import free_port, serve, served_settings
+from factories import outbound_message
+from integration.test_channel_twilio import Receiver
 
 SID = "AC" + "c0ffee" * 5 + "c0"
 TOKEN = "conformance-auth-token"
@@ -223,19 +223,8 @@ def package_create(**fields: Any) -> PackageRequest:
 
 
 def message(delivery_id: int, title: str, body: str) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery_id,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel="sms",
-        address=RECIPIENT,
-        recipient_external_id="p-1",
-        recipient_name="Thandi",
-        locale="en",
-        title=title,
-        body=body,
-        category=None,
+    return outbound_message(
+        "sms", delivery_id=delivery_id, address=RECIPIENT, title=title, body=body
     )
 
 
@@ -506,48 +495,6 @@ async def test_the_stand_in_takes_what_twilio_takes_up_to_each_limit(
 # --- the stand-in signs as Twilio does --------------------------------------------------------
 
 
-@dataclass
-class Received:
-    url: str
-    params: dict[str, str]
-    headers: dict[str, str]
-
-
-class Receiver:
-    """Records the webhooks it is posted, at a URL without a port and at one with it."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        self.received.append(
-            Received(str(request.url), {k: str(v) for k, v in form.items()}, dict(request.headers))
-        )
-        return web.Response(text="<Response/>", content_type="application/xml")
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site.port
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 SHARED_SHA256 = SharedKey(KEY_ID, SIGNING_KEY)
 SHARED_SHA1 = SharedKey(KEY_ID, SIGNING_KEY, HMAC_SHA1)
 
@@ -568,7 +515,7 @@ async def test_the_stand_ins_webhooks_verify_with_the_package_and_with_bulletin(
             account_sid=SID, auth_token=TOKEN, shared_key=shared_key, sign_url=sign_url
         ) as server,
     ):
-        url = f"http://127.0.0.1:{receiver.port}/hook"
+        url = f"{receiver.base_url}/v1/webhooks/twilio"
         provider = TwilioProvider(
             TwilioConfig(
                 account_sid=SID, auth_token=TOKEN, from_number=SENDER, base_url=server.base_url
@@ -580,7 +527,11 @@ async def test_the_stand_ins_webhooks_verify_with_the_package_and_with_bulletin(
         await server.send_status(session, accepted.provider_message_id, "delivered")
         await server.send_inbound(session, url, RECIPIENT, SENDER, "STOP")
 
-    called = {"as_given": url, "default_port": url, "no_port": "http://127.0.0.1/hook"}[sign_url]
+    called = {
+        "as_given": url,
+        "default_port": url,
+        "no_port": "http://127.0.0.1/v1/webhooks/twilio",
+    }[sign_url]
     for hook in receiver.received:
         settings = hook.headers.get(SIGNATURE_SETTINGS_HEADER)
         signature = hook.headers[SIGNATURE_HEADER]
@@ -932,13 +883,7 @@ async def test_bulletin_sends_through_the_stand_in_and_takes_its_shared_key_call
     Twilio does for some requests; Bulletin, served on that port, takes its receipts and
     replies."""
     port = free_port()
-    settings = make_settings(
-        database_url,
-        public_url=f"http://127.0.0.1:{port}",
-        secret_key=generate_key(),
-        port=port,
-        allow_private_provider_addresses=True,
-    )
+    settings = served_settings(database_url, port)
     shared = SharedKey(KEY_ID, SIGNING_KEY)
     async with TwilioServer(
         account_sid=SID, auth_token=TOKEN, shared_key=shared, sign_url="no_port", senders=[SENDER]

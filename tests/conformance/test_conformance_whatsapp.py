@@ -67,12 +67,12 @@ from bulletin.channels.whatsapp import (
 from bulletin.config import Settings
 from bulletin.db import Database, dialect_name
 from bulletin.deliveries import receipts
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.messages.models import Message as BulletinMessage
 from bulletin.recipients.models import Recipient
 from conftest import Api, make_settings
-from factories import add_people, announce, new_org, person
+from factories import new_org, outbound_message, sent_on_whatsapp
 
 # Meta's own example identifiers ([status], [text], [bsuid]).
 PHONE_NUMBER_ID = "106540352242922"
@@ -186,20 +186,8 @@ async def provider(graph: Graph) -> AsyncIterator[WhatsAppCloudProvider]:
 
 
 def outbound(template: WhatsAppTemplate | None = None, delivery_id: int = 4242) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery_id,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel="whatsapp",
-        address=PHONE,
-        recipient_external_id="p-1",
-        recipient_name="Ada",
-        locale="en",
-        title="Water outage",
-        body="No water on Elm Street until 15:00.",
-        category=None,
-        whatsapp_template=template,
+    return outbound_message(
+        "whatsapp", delivery_id=delivery_id, address=PHONE, whatsapp_template=template
     )
 
 
@@ -269,6 +257,20 @@ def body_text(parameters: Sequence[str]) -> BaseParams:
     return BodyText(placeholders, *parameters).params(*parameters)  # type: ignore[arg-type]
 
 
+def pywa_template(name: str, parameters: Sequence[str]) -> Posted:
+    """What pywa posts for the English template ``name`` with ``parameters`` in its body, sent
+    as :func:`outbound`'s message is sent: to ``PHONE``, for delivery 4242."""
+    return pywa_posts(
+        lambda wa: wa.send_template(
+            to=PHONE[1:],
+            name=name,
+            language=TemplateLanguage.ENGLISH,
+            params=[body_text(parameters)],
+            tracker="4242",
+        )
+    )
+
+
 def without_component_type(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """The template's component types, and the body with them left out."""
     rest = copy.deepcopy(body)
@@ -296,15 +298,7 @@ async def test_a_template_with_body_text_parameters_is_the_request_pywa_builds(
     message = outbound(WhatsAppTemplate("outage_notice", "en", parameters))
 
     ours = await bulletin_posts(graph, provider, message)
-    theirs = pywa_posts(
-        lambda wa: wa.send_template(
-            to=PHONE[1:],
-            name="outage_notice",
-            language=TemplateLanguage.ENGLISH,
-            params=[body_text(parameters)],
-            tracker="4242",
-        )
-    )
+    theirs = pywa_template("outage_notice", parameters)
 
     assert_same_template(ours, theirs)
     assert [p["text"] for p in ours.body["template"]["components"][0]["parameters"]] == list(
@@ -328,24 +322,8 @@ async def test_template_parameters_keep_to_metas_rules_that_pywa_does_not_check(
 
     ours = await bulletin_posts(graph, provider, message)
     made_acceptable = [template_parameter(p) for p in raw]
-    theirs = pywa_posts(
-        lambda wa: wa.send_template(
-            to=PHONE[1:],
-            name="announcement",
-            language=TemplateLanguage.ENGLISH,
-            params=[body_text(made_acceptable)],
-            tracker="4242",
-        )
-    )
-    as_given = pywa_posts(
-        lambda wa: wa.send_template(
-            to=PHONE[1:],
-            name="announcement",
-            language=TemplateLanguage.ENGLISH,
-            params=[body_text(raw)],
-            tracker="4242",
-        )
-    )
+    theirs = pywa_template("announcement", made_acceptable)
+    as_given = pywa_template("announcement", raw)
 
     # The one documented difference: pywa sends a parameter as given, new-lines and all, which
     # the Cloud API refuses with 132018; Bulletin sends it on one line, within 1024 characters.
@@ -650,27 +628,6 @@ def test_what_is_not_a_notification_is_still_refused(payload: object) -> None:
 # --- receipts matched by the wamid, on both databases ---------------------------------------
 
 
-async def sent_whatsapp_delivery(db: Database, wamid: str = WAMID) -> Delivery:
-    """A WhatsApp delivery accepted by the environment's account, awaiting its statuses."""
-    org = await new_org(db)
-    await add_people(db, org, [person(1, whatsapp=PHONE)])
-    message = await announce(db, org, channels=["whatsapp"])
-    async with db.transaction() as session:
-        loaded = await session.get(BulletinMessage, message.id)
-        assert loaded is not None
-        await resolve_chunk(session, loaded, 100)
-        await session.execute(
-            update(Delivery).values(
-                state="sent",
-                provider="whatsapp_cloud",
-                provider_account=DEFAULT_ACCOUNT,
-                provider_message_id=wamid,
-            )
-        )
-    async with db.read() as session:
-        return (await session.execute(select(Delivery))).scalar_one()
-
-
 def whatsapp_account(*orgs: uuid.UUID, account: str = DEFAULT_ACCOUNT) -> receipts.Source:
     return receipts.Source("whatsapp_cloud", "whatsapp", account, orgs)
 
@@ -678,7 +635,7 @@ def whatsapp_account(*orgs: uuid.UUID, account: str = DEFAULT_ACCOUNT) -> receip
 async def test_a_status_without_callback_data_moves_the_delivery_of_its_wamid(
     db: Database,
 ) -> None:
-    delivery = await sent_whatsapp_delivery(db)
+    delivery = await sent_on_whatsapp(db, PHONE, WAMID)
     found = parse_webhook(notification(DELIVERED_WITHOUT_CALLBACK), PHONE_NUMBER_ID).receipts
 
     async with db.transaction() as session:
@@ -698,7 +655,7 @@ async def test_a_status_without_callback_data_moves_the_delivery_of_its_wamid(
 
 
 async def test_a_wamid_counts_only_for_the_account_that_sent_it(db: Database) -> None:
-    delivery = await sent_whatsapp_delivery(db)
+    delivery = await sent_on_whatsapp(db, PHONE, WAMID)
     stranger = await new_org(db, "Stranger")
     found = parse_webhook(notification(DELIVERED_WITHOUT_CALLBACK), PHONE_NUMBER_ID).receipts
 
@@ -719,7 +676,7 @@ async def test_a_wamid_counts_only_for_the_account_that_sent_it(db: Database) ->
 
 
 async def test_an_unknown_or_overlong_wamid_matches_nothing(db: Database) -> None:
-    delivery = await sent_whatsapp_delivery(db)
+    delivery = await sent_on_whatsapp(db, PHONE, WAMID)
     at = dt.datetime(2025, 6, 15, tzinfo=dt.UTC)
     found = [
         Receipt(provider_message_id=wamid, delivery_id=None, state=ReportedState.READ, at=at)
@@ -733,7 +690,7 @@ async def test_an_unknown_or_overlong_wamid_matches_nothing(db: Database) -> Non
 
 
 async def test_a_wamid_is_found_in_one_query_through_its_index(db: Database) -> None:
-    delivery = await sent_whatsapp_delivery(db)
+    delivery = await sent_on_whatsapp(db, PHONE, WAMID)
     found = parse_webhook(notification(READ_BY_A_USERNAME), PHONE_NUMBER_ID).receipts
     statements: list[tuple[str, Any]] = []
 

@@ -111,17 +111,23 @@ async def serve(settings: Settings, port: int) -> AsyncIterator[tuple[Api, uvico
         await task
 
 
-@pytest.fixture
-async def stack(database_url: str) -> AsyncIterator[Stack]:
-    port = free_port()
-    settings = make_settings(
+def served_settings(database_url: str, port: int) -> Settings:
+    """The settings of a Bulletin served by :func:`serve` on ``port``, its links and callbacks
+    naming that address, whose providers are local stand-ins on 127.0.0.1, reached over plain
+    http."""
+    return make_settings(
         database_url,
         public_url=f"http://127.0.0.1:{port}",
         secret_key=generate_key(),
         port=port,
-        # The providers are local stand-ins on 127.0.0.1, reached over plain http.
         allow_private_provider_addresses=True,
     )
+
+
+@pytest.fixture
+async def stack(database_url: str) -> AsyncIterator[Stack]:
+    port = free_port()
+    settings = served_settings(database_url, port)
     async with (
         WhatsAppCloudServer(access_token=WA_TOKEN, phone_number_id=WA_NUMBER_ID) as whatsapp,
         TwilioServer(account_sid=TW_SID, auth_token=TW_TOKEN) as twilio,

@@ -30,8 +30,8 @@ from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
 from bulletin.config import Settings
 from bulletin.crypto import generate_key
 from bulletin.db import Database
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.devservers.whatsapp import inbound_payload, status_payload, webhook_body
 from bulletin.messages.models import Message
 from bulletin.orgs.keys import Scope

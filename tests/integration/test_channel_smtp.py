@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,9 +19,11 @@ from bulletin.channels.configs import SmtpConfig
 from bulletin.channels.smtp import SmtpProvider, build_email
 from bulletin.devservers.smtp import ReceivedEmail, SmtpServer
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from factories import outbound_message
 
 SENDER = "notices@water.example.org"
 RECIPIENT = "zoe@example.net"
+BODY = "Kein Wasser bis 14:00.\nBitte Vorrat anlegen.\n\nDanke & bis bald <3"
 USERNAME = "bulletin"
 PASSWORD = "s3cret-Pa55word"
 
@@ -42,22 +43,10 @@ def make_config(server: SmtpServer, **changes: Any) -> SmtpConfig:
     return SmtpConfig.model_validate(values | changes)
 
 
-def make_message(delivery_id: int = 42, **changes: Any) -> OutboundMessage:
-    values: dict[str, Any] = {
-        "delivery_id": delivery_id,
-        "attempt": 1,
-        "org_id": uuid.uuid4(),
-        "message_id": uuid.uuid4(),
-        "channel": "email",
-        "address": RECIPIENT,
-        "recipient_external_id": "p-1",
-        "recipient_name": "Zoë Ångström",
-        "locale": "de",
-        "title": "Wasser: Störung in Köln ☔",
-        "body": "Kein Wasser bis 14:00.\nBitte Vorrat anlegen.\n\nDanke & bis bald <3",
-        "category": "outage",
-    }
-    return OutboundMessage(**(values | changes))
+def make_message(
+    delivery_id: int = 42, *, address: str = RECIPIENT, body: str = BODY, **changes: Any
+) -> OutboundMessage:
+    return outbound_message("email", delivery_id=delivery_id, address=address, body=body, **changes)
 
 
 def text_of(received: ReceivedEmail, subtype: str) -> str:

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import hmac
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -35,6 +34,7 @@ from bulletin.channels.twilio import (
 )
 from bulletin.devservers.twilio import Fault, TwilioServer
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from factories import outbound_message
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "auth-token-0f1e2d3c4b5a"
@@ -55,23 +55,8 @@ def make_config(base_url: str, **changes: Any) -> TwilioConfig:
     return TwilioConfig.model_validate(values | changes)
 
 
-def make_message(
-    delivery_id: int = 42, *, title: str = "Water outage", body: str = "No water until 14:00."
-) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery_id,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel="sms",
-        address=RECIPIENT,
-        recipient_external_id="p-1",
-        recipient_name="Thandi",
-        locale="en",
-        title=title,
-        body=body,
-        category=None,
-    )
+def make_message(delivery_id: int = 42, **fields: Any) -> OutboundMessage:
+    return outbound_message("sms", delivery_id=delivery_id, address=RECIPIENT, **fields)
 
 
 @pytest.fixture

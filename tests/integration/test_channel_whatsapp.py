@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +45,7 @@ from bulletin.devservers.whatsapp import (
     status_payload,
 )
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
+from factories import outbound_message
 
 TOKEN = "EAAG-test-token-do-not-log"
 PHONE_ID = "106540352242922"
@@ -62,25 +62,12 @@ def config(base_url: str, **fields: Any) -> WhatsAppCloudConfig:
 def outbound(
     *,
     delivery_id: int = 4242,
-    title: str = "Water outage",
-    body: str = "No water on Elm Street until 15:00.",
-    template: WhatsAppTemplate | None = None,
     address: str = TO,
+    template: WhatsAppTemplate | None = None,
+    **fields: Any,
 ) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery_id,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel="whatsapp",
-        address=address,
-        recipient_external_id="p-1",
-        recipient_name="Ada",
-        locale="en",
-        title=title,
-        body=body,
-        category=None,
-        whatsapp_template=template,
+    return outbound_message(
+        "whatsapp", delivery_id=delivery_id, address=address, whatsapp_template=template, **fields
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import event, select, update
 
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
@@ -26,7 +27,7 @@ async def _resolve_all(db: Database, message: Message, chunk: int = 1000) -> Non
         async with db.transaction() as session:
             fresh = await session.get(Message, message.id)
             assert fresh is not None
-            _, done = await repository.resolve_chunk(session, fresh, chunk)
+            _, done = await resolve_chunk(session, fresh, chunk)
         if done:
             return
 
@@ -157,7 +158,7 @@ async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
         async with db.transaction() as session:
             fresh = await session.get(Message, message.id)
             assert fresh is not None
-            await repository.resolve_chunk(session, fresh, 20)
+            await resolve_chunk(session, fresh, 20)
             raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError):
@@ -168,7 +169,7 @@ async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
     async with db.transaction() as session:
         fresh = await session.get(Message, message.id)
         assert fresh is not None
-        await repository.resolve_chunk(session, fresh, 20)
+        await resolve_chunk(session, fresh, 20)
     async with db.transaction() as session:
         fresh = await session.get(Message, message.id)
         assert fresh is not None
@@ -278,7 +279,7 @@ async def test_resolution_work_is_linear_without_planner_statistics(
     async with db.transaction() as session:
         fresh = await session.get(Message, message.id)
         assert fresh is not None
-        await repository.resolve_chunk(session, fresh, 5000)
+        await resolve_chunk(session, fresh, 5000)
         await session.rollback()
     event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
     chosen = [

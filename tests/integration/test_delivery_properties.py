@@ -62,6 +62,7 @@ from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts, repository
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
 from bulletin.deliveries.outcomes import Outcome, SuppressAddress
 from bulletin.deliveries.states import DeliveryState, MessageState
@@ -1154,7 +1155,7 @@ async def test_a_stale_outcome_next_to_the_current_one_in_a_batch_is_fenced_out(
     async with db.transaction() as session:
         loaded = await session.get(Message, message.id)
         assert loaded is not None
-        await repository.resolve_chunk(session, loaded, 10)
+        await resolve_chunk(session, loaded, 10)
 
     async def claim() -> repository.ClaimedRow:
         now = utcnow()

@@ -42,6 +42,7 @@ from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, is_unavailable, utcnow
 from bulletin.deliveries import repository
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
@@ -450,7 +451,7 @@ async def _one_claimed_per_person(db: Database, people: int) -> list[repository.
         async with db.transaction() as session:
             fresh = await session.get(Message, message.id)
             assert fresh is not None
-            _, done = await repository.resolve_chunk(session, fresh, 1000)
+            _, done = await resolve_chunk(session, fresh, 1000)
         if done:
             break
     now = utcnow()

@@ -202,7 +202,9 @@ async def test_messages_to_one_person_are_spaced_by_the_pair_interval(
             await eventually(message_state(db, message.id, "completed"))
     times = sorted(provider.times)
     assert len(times) == 3
-    assert all(b - a >= 0.5 - 0.02 for a, b in itertools.pairwise(times))
+    # The slot is taken just before the send, so a send delayed on a busy machine shortens the
+    # gap after it by that delay; unpaced, the three would go out within milliseconds.
+    assert all(b - a >= 0.5 * 0.8 for a, b in itertools.pairwise(times)), times
 
 
 async def test_sends_waiting_for_a_slot_at_shutdown_go_back_to_the_queue(

@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 from bulletin.channels.base import DEFAULT_ACCOUNT, Inbound, Receipt, ReportedState
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts
+from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.messages.models import Message
 from bulletin.recipients.models import Recipient
 from factories import add_people, announce, new_org, person

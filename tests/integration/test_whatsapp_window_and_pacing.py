@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
 from sqlalchemy import select, update
 
-from bulletin.bootstrap import running
+from bulletin.bootstrap import Services, running
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
@@ -26,12 +28,12 @@ from bulletin.channels.whatsapp import WhatsAppCloudProvider
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository
-from bulletin.deliveries.models import DeliveryEvent
-from bulletin.deliveries.outcomes import CloseWindow
+from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.devservers.whatsapp import WhatsAppCloudServer
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.messages.models import Message
+from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
 from bulletin.worker import pacing
 from bulletin.worker.models import PairSlot
@@ -65,17 +67,51 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def registry(
-    stand_in: WhatsAppCloudServer, http: aiohttp.ClientSession, email: RecordingProvider, **wa: Any
-) -> ChannelRegistry:
-    """WhatsApp through the real adapter to the stand-in; email to a recorder (the fallback)."""
-    config = WhatsAppCloudConfig.model_validate(
-        {"phone_number_id": PHONE_ID, "access_token": TOKEN, "base_url": stand_in.base_url, **wa}
-    )
-    whatsapp = WhatsAppCloudProvider(config, http)
-    return ChannelRegistry(
-        email, {"whatsapp": whatsapp, "email": email}, configs={"whatsapp": config}
-    )
+@dataclass
+class Channels:
+    """What the engine sends through in these tests: WhatsApp through the real adapter to the
+    stand-in, email to a recorder (the fallback)."""
+
+    settings: Settings
+    db: Database
+    stand_in: WhatsAppCloudServer
+    http: aiohttp.ClientSession
+    email: RecordingProvider = field(default_factory=lambda: RecordingProvider(name="email"))
+
+    def running(
+        self, settings: Settings | None = None, **wa: Any
+    ) -> AbstractAsyncContextManager[Services]:
+        """The engine dispatching and scheduling, with ``wa`` in the WhatsApp configuration."""
+        config = WhatsAppCloudConfig.model_validate(
+            {
+                "phone_number_id": PHONE_ID,
+                "access_token": TOKEN,
+                "base_url": self.stand_in.base_url,
+                **wa,
+            }
+        )
+        whatsapp = WhatsAppCloudProvider(config, self.http)
+        registry = ChannelRegistry(
+            self.email, {"whatsapp": whatsapp, "email": self.email}, configs={"whatsapp": config}
+        )
+        return running(
+            settings or self.settings, dispatch=True, schedule=True, db=self.db, registry=registry
+        )
+
+    async def whatsapp_then_email(self, org: uuid.UUID, **wa: Any) -> dict[str, Delivery]:
+        """Run an announcement to WhatsApp, and to email should WhatsApp fail, until both
+        deliveries have settled; the two deliveries by channel."""
+        message = await announce(self.db, org, channels=["whatsapp", "email"], routing="first")
+        async with self.running(**wa):
+            await eventually(settled(self.db, message.id, {"failed", "sent"}, count=2))
+        return {d.channel: d for d in await deliveries_of(self.db, message.id)}
+
+
+@pytest.fixture
+def channels(
+    settings: Settings, db: Database, stand_in: WhatsAppCloudServer, http: aiohttp.ClientSession
+) -> Channels:
+    return Channels(settings, db, stand_in, http)
 
 
 async def person_who_wrote(db: Database, org: uuid.UUID, at: dt.datetime | None) -> int:
@@ -123,19 +159,14 @@ async def notify(db: Database, org: uuid.UUID, channels: list[str]) -> Message:
 
 
 async def test_free_text_refused_for_a_closed_window_goes_as_the_template_and_closes_it(
-    settings: Settings,
-    db: Database,
-    stand_in: WhatsAppCloudServer,
-    http: aiohttp.ClientSession,
+    db: Database, stand_in: WhatsAppCloudServer, channels: Channels
 ) -> None:
     org = await new_org(db)
     wrote_at = utcnow() - dt.timedelta(hours=1)  # by our records, the window is open
     rid = await person_who_wrote(db, org, wrote_at)
     stand_in.fail_next(code=131047)  # Meta says otherwise
-    email = RecordingProvider(name="email")
-    channels = registry(stand_in, http, email, template=TEMPLATE, pair_interval_seconds=1.0)
     first = await announce(db, org, channels=["whatsapp"])
-    async with running(settings, dispatch=True, schedule=True, db=db, registry=channels):
+    async with channels.running(template=TEMPLATE, pair_interval_seconds=1.0):
         await eventually(settled(db, first.id, {"sent"}))
         [delivery] = await deliveries_of(db, first.id)
 
@@ -149,7 +180,7 @@ async def test_free_text_refused_for_a_closed_window_goes_as_the_template_and_cl
         assert [e.detail for e in events if e.state == "pending"] == [SENDING_TEMPLATE]
         # Its pair slot went back with the refusal: the template was not held for the interval.
         assert PAIRED not in {e.detail for e in events}
-        assert email.accepted == []
+        assert channels.email.accepted == []
         # The window is recorded as closed.
         assert await inbound_at(db, rid) is None
 
@@ -164,46 +195,30 @@ async def test_free_text_refused_for_a_closed_window_goes_as_the_template_and_cl
 
 
 async def test_without_a_template_the_refusal_fails_with_its_reason_and_falls_back(
-    settings: Settings,
-    db: Database,
-    stand_in: WhatsAppCloudServer,
-    http: aiohttp.ClientSession,
+    db: Database, stand_in: WhatsAppCloudServer, channels: Channels
 ) -> None:
     org = await new_org(db)
     rid = await person_who_wrote(db, org, utcnow() - dt.timedelta(hours=1))
     stand_in.fail_next(code=131047)
-    email = RecordingProvider(name="email")
-    channels = registry(stand_in, http, email, pair_interval_seconds=0)
-    message = await announce(db, org, channels=["whatsapp", "email"], routing="first")
-    async with running(settings, dispatch=True, schedule=True, db=db, registry=channels):
-        await eventually(settled(db, message.id, {"failed", "sent"}, count=2))
-    by_channel = {d.channel: d for d in await deliveries_of(db, message.id)}
+    by_channel = await channels.whatsapp_then_email(org, pair_interval_seconds=0)
     assert by_channel["whatsapp"].state == "failed"
     reason = by_channel["whatsapp"].reason or ""
     assert "131047" in reason
     assert "window had closed" in reason
     assert "neither the message nor the WhatsApp configuration names an approved template" in reason
     assert by_channel["email"].state == "sent"
-    assert [m.delivery_id for m in email.accepted] == [by_channel["email"].id]
+    assert [m.delivery_id for m in channels.email.accepted] == [by_channel["email"].id]
     assert stand_in.accepted == []
     assert await inbound_at(db, rid) is None
 
 
 async def test_a_template_refused_for_a_closed_window_fails_without_a_retry(
-    settings: Settings,
-    db: Database,
-    stand_in: WhatsAppCloudServer,
-    http: aiohttp.ClientSession,
+    db: Database, stand_in: WhatsAppCloudServer, channels: Channels
 ) -> None:
     org = await new_org(db)
     await person_who_wrote(db, org, None)  # never wrote: the template goes first
     stand_in.fail_next(code=131047, n=2)
-    email = RecordingProvider(name="email")
-    channels = registry(stand_in, http, email, template=TEMPLATE, pair_interval_seconds=0)
-    message = await announce(db, org, channels=["whatsapp", "email"], routing="first")
-    async with running(settings, dispatch=True, schedule=True, db=db, registry=channels):
-        await eventually(settled(db, message.id, {"failed", "sent"}, count=2))
-    by_channel = {d.channel: d for d in await deliveries_of(db, message.id)}
+    by_channel = await channels.whatsapp_then_email(org, template=TEMPLATE, pair_interval_seconds=0)
     assert by_channel["whatsapp"].state == "failed"
     assert "131047" in (by_channel["whatsapp"].reason or "")
     assert [r.code for r in stand_in.refused] == [131047]  # asked once, never again
@@ -225,9 +240,7 @@ async def test_a_window_reopened_during_the_send_is_not_closed(db: Database) -> 
                 .values(whatsapp_inbound_at=at)
             )
     async with db.transaction() as session:
-        await repository.close_windows(
-            session, [CloseWindow(ids["p1"], seen), CloseWindow(ids["p2"], seen)]
-        )
+        await recipients.close_windows(session, [(ids["p1"], seen), (ids["p2"], seen)])
     assert await inbound_at(db, ids["p1"]) is None
     # p2 wrote again after the send was decided: their window is open, whatever Meta said.
     assert await inbound_at(db, ids["p2"]) == newer
@@ -237,19 +250,14 @@ async def test_a_window_reopened_during_the_send_is_not_closed(db: Database) -> 
 
 
 async def test_a_throughput_refusal_gives_the_pair_slot_back(
-    settings: Settings,
-    db: Database,
-    stand_in: WhatsAppCloudServer,
-    http: aiohttp.ClientSession,
+    settings: Settings, db: Database, stand_in: WhatsAppCloudServer, channels: Channels
 ) -> None:
     org = await new_org(db)
     await person_who_wrote(db, org, utcnow() - dt.timedelta(hours=1))
     stand_in.fail_next(code=130429)  # the Cloud API's pause for it is a second
-    email = RecordingProvider(name="email")
-    channels = registry(stand_in, http, email, template=TEMPLATE, pair_interval_seconds=6.0)
     tuned = make_settings(settings.database_url, retry_base_seconds=0.01)
     message = await announce(db, org, channels=["whatsapp"])
-    async with running(tuned, dispatch=True, schedule=True, db=db, registry=channels):
+    async with channels.running(tuned, template=TEMPLATE, pair_interval_seconds=6.0):
         await eventually(settled(db, message.id, {"sent"}))
     [delivery] = await deliveries_of(db, message.id)
     events = await events_of(db, delivery.id)

@@ -22,17 +22,17 @@ from api_helpers import add_people, body_of, notify
 from bulletin.channels.base import DEFAULT_ACCOUNT, Receipt, ReportedState
 from bulletin.channels.whatsapp import parse_webhook
 from bulletin.db import Database, utcnow
-from bulletin.deliveries import receipts, repository
+from bulletin.deliveries import receipts
 from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.repository import resolve_chunk
 from bulletin.devservers.whatsapp import Latency, status_error, status_payload
 from bulletin.messages.models import Message
+from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
 from bulletin.webhooks.accounts import webhook_path
 from bulletin.worker.policy import SENDING_TEMPLATE
 from e2e.stack import WA_NUMBER_ID, WA_SECRET, Stack
 from factories import add_people as add_rows
-from factories import announce, deliveries_of, new_org, person
+from factories import new_org, person, sent_on_whatsapp
 from integration.test_engine import eventually
 
 PHONE = "+27821234567"
@@ -120,6 +120,20 @@ def failed_for_a_closed_window(stack: Stack) -> list[dict[str, Any]]:
 
 def types_sent(stack: Stack) -> list[str]:
     return [m.body["type"] for m in stack.whatsapp.sent_to(PHONE)]
+
+
+async def template_refused_then_email(
+    stack: Stack, message_id: str, wamid: str
+) -> dict[str, dict[str, Any]]:
+    """Meta posts a failed status with 131047 for the template it took as ``wamid``; once the
+    email fallback went out, the message's deliveries by channel."""
+    await stack.whatsapp.send_status(wamid, "failed", errors=[status_error(131047)])
+
+    async def fell_back() -> bool:
+        return len(stack.smtp.received) == 1
+
+    await eventually(fell_back)
+    return await deliveries(stack, message_id)
 
 
 # --- the receipt --------------------------------------------------------------------------
@@ -242,13 +256,7 @@ async def test_a_131047_for_a_template_fails_without_a_retry(stack: Stack) -> No
     [template] = stack.whatsapp.accepted
     assert template.body["type"] == "template"
 
-    await stack.whatsapp.send_status(template.wamid, "failed", errors=[status_error(131047)])
-
-    async def fell_back() -> bool:
-        return len(stack.smtp.received) == 1
-
-    await eventually(fell_back)
-    found = await deliveries(stack, message_id)
+    found = await template_refused_then_email(stack, message_id, template.wamid)
     assert found["whatsapp"]["state"] == "failed"
     assert "131047" in (found["whatsapp"]["reason"] or "")
     assert found["email"]["state"] == "sent"
@@ -262,13 +270,7 @@ async def test_a_131047_for_the_template_sent_instead_fails_for_good(stack: Stac
     await eventually(whatsapp_is(stack, message_id, "sent", sends=2))
     template = stack.whatsapp.accepted[-1]
 
-    await stack.whatsapp.send_status(template.wamid, "failed", errors=[status_error(131047)])
-
-    async def fell_back() -> bool:
-        return len(stack.smtp.received) == 1
-
-    await eventually(fell_back)
-    found = await deliveries(stack, message_id)
+    found = await template_refused_then_email(stack, message_id, template.wamid)
     assert found["whatsapp"]["state"] == "failed"
     assert found["email"]["state"] == "sent"
     assert types_sent(stack) == ["text", "template"]
@@ -283,25 +285,7 @@ async def _accepted(stack: Stack, n: int) -> bool:
 
 async def sent_whatsapp(db: Database, message_state: str) -> Delivery:
     """A WhatsApp delivery accepted as free text (``wamid.A``), its message in ``message_state``."""
-    org = await new_org(db)
-    await add_rows(db, org, [person(1, whatsapp=PHONE)])
-    message = await announce(db, org, channels=["whatsapp"])
-    async with db.transaction() as session:
-        loaded = await session.get(Message, message.id)
-        assert loaded is not None
-        await resolve_chunk(session, loaded, 100)
-        await session.execute(
-            update(Delivery).values(
-                state="sent",
-                provider="whatsapp_cloud",
-                provider_account=DEFAULT_ACCOUNT,
-                provider_message_id="wamid.A",
-                sent_at=utcnow(),
-            )
-        )
-        await session.execute(update(Message).values(state=message_state))
-    [delivery] = await deliveries_of(db, message.id)
-    return delivery
+    return await sent_on_whatsapp(db, PHONE, "wamid.A", message_state=message_state)
 
 
 async def apply_window_closed(db: Database, delivery: Delivery) -> None:
@@ -358,7 +342,7 @@ async def test_a_window_reopened_after_the_failed_send_stays_open(db: Database) 
                 .values(whatsapp_inbound_at=at)
             )
     async with db.transaction() as session:
-        await repository.close_windows_sent_before(session, [(ids["p1"], sent), (ids["p2"], sent)])
+        await recipients.close_windows_sent_before(session, [(ids["p1"], sent), (ids["p2"], sent)])
     assert await inbound_at(db, ids["p1"]) is None
     # p2 wrote after the send that failed: their window is open, whatever Meta said of it.
     assert await inbound_at(db, ids["p2"]) == after

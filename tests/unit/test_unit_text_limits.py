@@ -4,7 +4,6 @@ preference link kept whole."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import aiohttp
 import pytest
@@ -17,6 +16,7 @@ from bulletin.channels.text import ELLIPSIS, fit, preferences_line, shorten, utf
 from bulletin.channels.twilio import BODY_LIMIT, TwilioProvider
 from bulletin.channels.whatsapp import TEXT_LIMIT, WhatsAppCloudProvider
 from bulletin.devservers.twilio import TwilioServer
+from factories import outbound_message
 
 LINK = "https://bulletin.example.org/p/abc123"
 
@@ -62,19 +62,12 @@ def test_a_cut_never_splits_what_is_drawn_as_one_character(drawn_as_one: str) ->
 
 
 def message(channel: str, body: str, preferences_url: str | None = None) -> OutboundMessage:
-    return OutboundMessage(
+    return outbound_message(
+        channel,
         delivery_id=7,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel=channel,
         address="+27821234567",
-        recipient_external_id="p-1",
-        recipient_name="Thandi",
-        locale="en",
         title="Notice",
         body=body,
-        category=None,
         preferences_url=preferences_url,
     )
 

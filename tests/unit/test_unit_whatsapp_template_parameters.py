@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bulletin.channels.base import OutboundMessage, WhatsAppTemplate
+from bulletin.channels.base import WhatsAppTemplate
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.whatsapp import (
     EMPTY_PARAMETER,
@@ -25,6 +24,7 @@ from bulletin.channels.whatsapp import (
     WhatsAppCloudProvider,
     template_parameter,
 )
+from factories import outbound_message
 
 #: What Meta refuses with 132018.
 REFUSED = re.compile(r"[\n\r\t]| {5,}")
@@ -147,19 +147,12 @@ async def provider() -> AsyncIterator[WhatsAppCloudProvider]:
 async def test_the_template_payload_carries_acceptable_parameters(
     provider: WhatsAppCloudProvider,
 ) -> None:
-    message = OutboundMessage(
+    message = outbound_message(
+        "whatsapp",
         delivery_id=7,
-        attempt=1,
-        org_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        channel="whatsapp",
         address="+27821234567",
-        recipient_external_id="p-1",
-        recipient_name="Ada",
-        locale="en",
         title="Water outage",
         body=ANNOUNCEMENT,
-        category=None,
         whatsapp_template=WhatsAppTemplate(
             "announcement", "en", ("Water outage", ANNOUNCEMENT, "x" * 5000)
         ),
