@@ -29,6 +29,7 @@ from bulletin.config import Settings
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.models import Delivery, DeliveryEvent
+from bulletin.deliveries.outcomes import SENDING_TEMPLATE
 from bulletin.devservers.whatsapp import WhatsAppCloudServer
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
@@ -37,7 +38,6 @@ from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
 from bulletin.worker import pacing
 from bulletin.worker.models import PairSlot
-from bulletin.worker.policy import SENDING_TEMPLATE
 from conftest import make_settings
 from factories import add_people, announce, deliveries_of, new_org, person
 from integration.test_engine import eventually

@@ -24,12 +24,12 @@ from bulletin.channels.whatsapp import parse_webhook
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts
 from bulletin.deliveries.models import Delivery
+from bulletin.deliveries.outcomes import SENDING_TEMPLATE
 from bulletin.devservers.whatsapp import Latency, status_error, status_payload
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
 from bulletin.webhooks.accounts import webhook_path
-from bulletin.worker.policy import SENDING_TEMPLATE
 from e2e.stack import WA_NUMBER_ID, WA_SECRET, Stack
 from factories import add_people as add_rows
 from factories import new_org, person, sent_on_whatsapp

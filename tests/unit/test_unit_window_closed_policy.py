@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bulletin.deliveries.outcomes import CloseWindow, Outcome
+from bulletin.deliveries.outcomes import SENDING_TEMPLATE, CloseWindow, Outcome
 from bulletin.deliveries.states import DeliveryState
-from bulletin.worker.policy import SENDING_TEMPLATE, window_closed
+from bulletin.worker.policy import window_closed
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 WROTE = NOW - dt.timedelta(hours=3)

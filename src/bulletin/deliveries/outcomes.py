@@ -8,6 +8,13 @@ from dataclasses import dataclass
 
 from bulletin.deliveries.states import DeliveryState
 
+#: Why a delivery refused for a closed window is sent again at once.
+SENDING_TEMPLATE = "the 24-hour window had closed: sending the approved template"
+#: How the event of a WhatsApp send that the provider accepted as an approved template ends;
+#: with :data:`SENDING_TEMPLATE`, what tells a later closed-window failure that a template was
+#: already tried (:func:`bulletin.deliveries.repository.may_send_template_instead`).
+AS_TEMPLATE = " as the approved template"
+
 
 @dataclass(frozen=True, slots=True)
 class SuppressAddress:

@@ -37,6 +37,7 @@ from bulletin.channels.keywords import classify
 from bulletin.db import dialect_name, utcnow
 from bulletin.deliveries import repository
 from bulletin.deliveries.models import Delivery, Suppression
+from bulletin.deliveries.outcomes import SENDING_TEMPLATE
 from bulletin.deliveries.states import (
     ACTIVE_STATES,
     DeliveryState,
@@ -44,7 +45,7 @@ from bulletin.deliveries.states import (
     window_closed_resends,
 )
 from bulletin.recipients import repository as recipients
-from bulletin.worker.policy import SENDING_TEMPLATE, address_of
+from bulletin.worker.policy import address_of
 
 log = structlog.get_logger("bulletin.receipts")
 

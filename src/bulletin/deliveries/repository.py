@@ -40,12 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
-from bulletin.deliveries.outcomes import Outcome
+from bulletin.deliveries.outcomes import AS_TEMPLATE, SENDING_TEMPLATE, Outcome
 from bulletin.deliveries.states import DeliveryState, MessageState
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
-from bulletin.worker.policy import AS_TEMPLATE, SENDING_TEMPLATE, address_of, unusable
+from bulletin.worker.policy import address_of, unusable
 
 # --- Claiming -------------------------------------------------------------------------------
 

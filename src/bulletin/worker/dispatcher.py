@@ -37,7 +37,7 @@ from bulletin.channels.text import preferences_line
 from bulletin.config import Settings
 from bulletin.db import Database, describe, is_unavailable, utcnow
 from bulletin.deliveries import repository
-from bulletin.deliveries.outcomes import Outcome, SuppressAddress
+from bulletin.deliveries.outcomes import AS_TEMPLATE, Outcome, SuppressAddress
 from bulletin.deliveries.repository import ClaimedRow
 from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import (
@@ -609,7 +609,7 @@ class Dispatcher:
             outcome = in_doubt(f"provider error {type(exc).__name__}: {exc}")
         else:
             answered = "sent"
-            as_template = policy.AS_TEMPLATE if outbound.whatsapp_template is not None else ""
+            as_template = AS_TEMPLATE if outbound.whatsapp_template is not None else ""
             outcome = Outcome(
                 row.id,
                 row.attempt,

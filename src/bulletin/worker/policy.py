@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from bulletin.config import Settings
-from bulletin.deliveries.outcomes import CloseWindow, Outcome
+from bulletin.deliveries.outcomes import SENDING_TEMPLATE, CloseWindow, Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.messages.templates import MessageTemplates
 from bulletin.recipients.models import Recipient
@@ -257,14 +257,6 @@ def in_doubt(
         detail=f"{why}; the provider may or may not have it, so it is not resent",
         channel=channel,
     )
-
-
-#: Why a delivery refused for a closed window is sent again at once.
-SENDING_TEMPLATE = "the 24-hour window had closed: sending the approved template"
-#: How the event of a WhatsApp send that the provider accepted as an approved template ends;
-#: with :data:`SENDING_TEMPLATE`, what tells a later closed-window failure that a template was
-#: already tried (:mod:`bulletin.deliveries.receipts`).
-AS_TEMPLATE = " as the approved template"
 
 
 def window_closed(
