@@ -23,6 +23,7 @@ Meta's rules, and where they are written:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -470,3 +471,35 @@ async def test_bulletin_hears_of_a_closed_window_from_the_failed_status(stack: S
         return any("131047" in str(event) for event in events)
 
     await until(recorded)
+
+
+async def test_a_webhook_nobody_answers_counts_as_failed_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bulletin.devservers.whatsapp._WEBHOOK_TIMEOUT_SECONDS", 0.2)
+    stuck = asyncio.Event()
+
+    async def never_answers(request: web.Request) -> web.Response:
+        await stuck.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", never_answers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with WhatsAppCloudServer(
+            access_token=TOKEN,
+            phone_number_id=PHONE_ID,
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            app_secret="secret",
+        ) as server:
+            answer = await asyncio.wait_for(server.post(inbound_payload(PHONE_ID, TO, "hi")), 30)
+        assert answer is None
+        assert [sent.status for sent in server.webhooks] == [None]
+    finally:
+        stuck.set()
+        await runner.cleanup()

@@ -175,6 +175,8 @@ _STATUS_FOR_CODE = {
 }
 _TO = re.compile(r"\+?[1-9][0-9]{6,14}")
 _MAX_TEXT = 4096
+#: How long a webhook post may take before it counts as failed.
+_WEBHOOK_TIMEOUT_SECONDS = 10.0
 #: Line breaks, tabs and runs of five spaces: what the Cloud API refuses in parameter text.
 _BAD_PARAMETER_TEXT = re.compile(r"[\r\n\t]| {5}")
 #: ``maxLength`` of a text parameter in Meta's OpenAPI description (``TextParameter``).
@@ -431,12 +433,14 @@ class WhatsAppCloudServer:
         status: int | None = None
         if self.webhook_url is not None:
             if self._session is None:
-                self._session = aiohttp.ClientSession()
+                # Meta gives up on a webhook that takes long to answer; so does the stand-in.
+                timeout = aiohttp.ClientTimeout(total=_WEBHOOK_TIMEOUT_SECONDS)
+                self._session = aiohttp.ClientSession(timeout=timeout)
             try:
                 status = await post_webhook(
                     self._session, self.webhook_url, payload, self.app_secret or ""
                 )
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError):
                 status = None
         self.webhooks.append(SentWebhook(dict(payload), status))
         return status
