@@ -18,9 +18,10 @@ from bulletin.bootstrap import Prepare, running
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.deliveries import endpoints as deliveries
+from bulletin.deliveries.metrics import database_families
 from bulletin.messages import endpoints as messages
 from bulletin.orgs import endpoints as organization
-from bulletin.orgs.service import KeyCache
+from bulletin.orgs.auth import KeyCache
 from bulletin.orgs.tasks import recording_key_uses
 from bulletin.providers import endpoints as channels
 from bulletin.ratelimits import middleware as ratelimits
@@ -76,9 +77,9 @@ def create_app(
             migrate_it=migrate_it,
             prepare=prepare,
             wait=False,
-        ) as svc:
-            app.state.services = svc
-            async with recording_key_uses(svc.db, app.state.keys):
+        ) as services:
+            app.state.services = services
+            async with recording_key_uses(services.db, app.state.keys):
                 yield
 
     app = BulletinAPI(
@@ -87,16 +88,17 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    #: Keys this process has found valid lately (see :class:`~bulletin.orgs.service.KeyCache`).
+    #: Keys this process has found valid lately (see :class:`~bulletin.orgs.auth.KeyCache`).
     app.state.keys = KeyCache(settings.api_key_cache_seconds)
     problems.install(app)
     app.add_middleware(health.StartupGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(PageHeaders)
     app.include_router(health.router)
-    app.include_router(metrics_endpoint.router)
+    app.include_router(metrics_endpoint.router(database_families))
     app.include_router(recipients.router)
     app.include_router(messages.router)
+    app.include_router(deliveries.message_router)
     app.include_router(deliveries.router)
     app.include_router(channels.router)
     app.include_router(webhooks.router)

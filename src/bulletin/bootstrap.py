@@ -4,30 +4,31 @@ A process may start before its database is ready (both started together by an or
 or the database restarting). It does not fail and does not race: :func:`running` opens
 everything that needs no database at once, then *starts*: it waits until the database answers
 and is migrated (or migrates it), runs the caller's first-start step, and starts the delivery
-engine. :class:`Startup` says how far that has got; the API reports it on ``/ready`` and
-answers 503 everywhere else until it is done.
+engine. :class:`~bulletin.services.Startup` says how far that has got; the API reports it on
+``/ready`` and answers 503 everywhere else until it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from bulletin import migrate
 from bulletin.backoff import Backoff
+from bulletin.channels.configs import from_settings
 from bulletin.channels.factory import ProviderFactory
 from bulletin.channels.registry import ChannelRegistry
-from bulletin.channels.sandbox import SandboxProvider
 from bulletin.config import Settings
 from bulletin.db import Database, describe, is_unavailable
 from bulletin.providers.service import secret_box, stored_loader
+from bulletin.sandbox.provider import SandboxProvider
+from bulletin.services import Phase, Services, Startup
+from bulletin.signals import Hub, Notifier
 from bulletin.worker.runtime import Engine
-from bulletin.worker.signals import Hub, Notifier
 
 log = structlog.get_logger("bulletin.startup")
 
@@ -37,57 +38,12 @@ log = structlog.get_logger("bulletin.startup")
 Prepare = Callable[[Database], Awaitable[None]]
 
 
-class Phase(enum.StrEnum):
-    """Where a process is in its start."""
-
-    WAITING_FOR_DATABASE = "waiting for the database"
-    WAITING_FOR_MIGRATIONS = "waiting for migrations"
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-
-
-class StartupFailed(Exception):
-    """The process could not start for a reason that waiting does not cure."""
-
-
-class Startup:
-    """How far the process has got in starting; set by :func:`running`, read by the API."""
-
-    def __init__(self) -> None:
-        self.phase = Phase.WAITING_FOR_DATABASE
-        #: Why it is waiting, or why it failed, in words for an operator.
-        self.detail: str | None = None
-        self._settled = asyncio.Event()
-
-    @property
-    def ready(self) -> bool:
-        return self.phase is Phase.READY
-
-    def enter(self, phase: Phase, detail: str | None = None) -> None:
-        self.phase = phase
-        self.detail = detail
-        if phase in (Phase.READY, Phase.FAILED):
-            self._settled.set()
-
-    async def wait(self) -> None:
-        """Until the process is ready; raises :class:`StartupFailed` if it never will be."""
-        await self._settled.wait()
-        if self.phase is Phase.FAILED:
-            raise StartupFailed(self.detail or "start-up failed")
-
-
 @dataclass
-class Services:
-    """What a running process holds: settings, database, wake-up plumbing, the engine."""
+class ProcessServices(Services):
+    """The services :func:`running` builds, with the engine's own type, for the callers that
+    drive its loops (the command line, tests)."""
 
-    settings: Settings
-    db: Database
-    hub: Hub
-    notifier: Notifier
-    registry: ChannelRegistry
     engine: Engine | None
-    startup: Startup = field(default_factory=Startup)
 
 
 def open_database(settings: Settings) -> Database:
@@ -165,7 +121,7 @@ async def _start(services: Services, *, migrate_it: bool, prepare: Prepare | Non
 
 def default_registry(db: Database, settings: Settings, factory: ProviderFactory) -> ChannelRegistry:
     """Each organization's own providers, then the environment's, then the sandbox."""
-    env = settings.provider_configs()
+    env = from_settings(settings)
     return ChannelRegistry(
         default=SandboxProvider(db),
         by_channel={channel: factory.build(config) for channel, config in env.items()},
@@ -187,7 +143,7 @@ async def running(
     migrate_it: bool = False,
     prepare: Prepare | None = None,
     wait: bool = True,
-) -> AsyncIterator[Services]:
+) -> AsyncIterator[ProcessServices]:
     """Open the database, start (see the module's docstring), and run until the block ends.
 
     With ``wait`` the block is entered once the process is ready (and start-up errors are
@@ -204,7 +160,7 @@ async def running(
     engine = None
     if dispatch or schedule:
         engine = Engine(db, settings, registry, hub, notifier, dispatch=dispatch, schedule=schedule)
-    services = Services(settings, db, hub, notifier, registry, engine)
+    services = ProcessServices(settings, db, hub, notifier, registry, engine)
     notify_task = asyncio.create_task(notifier.run(), name="notifier")
     start = asyncio.create_task(
         _start(services, migrate_it=migrate_it, prepare=prepare), name="startup"

@@ -7,13 +7,10 @@ package reads the environment on its own.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from bulletin.channels.configs import AnyProviderConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./bulletin.db"
 
@@ -241,7 +238,8 @@ class Settings(BaseSettings):
         "plain http, on any SMTP port, and at loopback, private or link-local addresses: for "
         "a relay on your own network, or local stand-ins. Off, such an address is refused.",
     )
-    # Providers for every organization without its own (a single-organization install).
+    # Providers for every organization without its own (a single-organization install);
+    # bulletin.channels.configs.from_settings makes their configurations and checks them.
     whatsapp_phone_number_id: str | None = Field(
         default=None, description="WhatsApp Cloud API sending number id; enables WhatsApp."
     )
@@ -331,75 +329,3 @@ class Settings(BaseSettings):
         """Whether links and callbacks would name an address only this machine reaches:
         no public URL is set and the server listens on loopback or on every interface."""
         return not self.public_url and is_local_host(self.host)
-
-    @model_validator(mode="after")
-    def _providers_valid(self) -> Settings:
-        try:
-            self.provider_configs()
-        except (ValidationError, ValueError) as exc:
-            raise ValueError(f"provider settings are incomplete or invalid: {exc}") from exc
-        return self
-
-    def provider_configs(self) -> dict[str, AnyProviderConfig]:
-        """Providers configured through settings, by channel, for every organization."""
-        from bulletin.channels.configs import (
-            SmtpConfig,
-            TwilioConfig,
-            WhatsAppCloudConfig,
-            WhatsAppTemplateRef,
-        )
-
-        configs: dict[str, AnyProviderConfig] = {}
-        for enabled, secret, names in (
-            (self.whatsapp_phone_number_id, self.whatsapp_access_token, "WHATSAPP_ACCESS_TOKEN"),
-            (self.twilio_account_sid, self.twilio_auth_token, "TWILIO_AUTH_TOKEN"),
-        ):
-            if enabled and secret is None:
-                raise ValueError(f"BULLETIN_{names} is needed to send with this provider")
-        if self.whatsapp_phone_number_id:
-            template = None
-            if self.whatsapp_template:
-                name, _, language = self.whatsapp_template.partition(":")
-                template = WhatsAppTemplateRef(
-                    name=name,
-                    language=language or "en",
-                    parameters=["{{ title }}", "{{ body }}"],
-                )
-            configs["whatsapp"] = WhatsAppCloudConfig.model_validate(
-                {
-                    "phone_number_id": self.whatsapp_phone_number_id,
-                    "access_token": self.whatsapp_access_token,
-                    "app_secret": self.whatsapp_app_secret,
-                    "verify_token": self.whatsapp_verify_token,
-                    "base_url": self.whatsapp_base_url,
-                    "api_version": self.whatsapp_api_version,
-                    "rate_per_second": self.whatsapp_rate_per_second,
-                    "template": template,
-                }
-            )
-        if self.smtp_host:
-            configs["email"] = SmtpConfig.model_validate(
-                {
-                    "host": self.smtp_host,
-                    "port": self.smtp_port,
-                    "security": self.smtp_security,
-                    "username": self.smtp_username,
-                    "password": self.smtp_password,
-                    "from_address": self.smtp_from,
-                    "from_name": self.smtp_from_name,
-                    "rate_per_second": self.smtp_rate_per_second,
-                }
-            )
-        if self.twilio_account_sid:
-            configs["sms"] = TwilioConfig.model_validate(
-                {
-                    "account_sid": self.twilio_account_sid,
-                    "auth_token": self.twilio_auth_token,
-                    "webhook_signing_key": self.twilio_webhook_signing_key,
-                    "from_number": self.twilio_from,
-                    "messaging_service_sid": self.twilio_messaging_service_sid,
-                    "base_url": self.twilio_base_url,
-                    "rate_per_second": self.twilio_rate_per_second,
-                }
-            )
-        return configs

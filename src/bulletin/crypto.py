@@ -16,10 +16,9 @@ import json
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import select
 
-from bulletin.db import Database, upsert_statement, utcnow
-from bulletin.orgs.models import InstanceSecret
+from bulletin.db import Database, utcnow
+from bulletin.orgs import repository as orgs
 
 
 class SecretKeyError(ValueError):
@@ -66,15 +65,7 @@ _SIGNING = "link-signing-key"
 async def signing_key(db: Database) -> bytes:
     """This installation's link-signing key, made the first time it is needed."""
     async with db.transaction() as session:
-        statement = upsert_statement(session, InstanceSecret).values(
-            name=_SIGNING, value=secrets.token_urlsafe(32), created_at=utcnow()
-        )
-        await session.execute(statement.on_conflict_do_nothing())
-        value = (
-            await session.execute(
-                select(InstanceSecret.value).where(InstanceSecret.name == _SIGNING)
-            )
-        ).scalar_one()
+        value = await orgs.instance_secret(session, _SIGNING, secrets.token_urlsafe(32), utcnow())
     return value.encode()
 
 

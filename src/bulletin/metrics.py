@@ -1,4 +1,4 @@
-"""Prometheus metrics: what this process counts, and what the database says at scrape time.
+"""Prometheus metrics: the definitions of what this process counts, and their exposition.
 
 Two kinds of figures, kept apart on purpose:
 
@@ -8,30 +8,27 @@ Two kinds of figures, kept apart on purpose:
   twice cannot happen). Sum them over processes in Prometheus.
 * **From the database**: deliveries by channel and state, the queue's depth and the age of
   its oldest due item. The deliveries table is the queue, so these are computed from it on
-  each scrape by :func:`exposition` and are true across every process sharing the database;
-  they are never registered anywhere.
+  each scrape (:func:`bulletin.deliveries.metrics.database_families`) and are true across
+  every process sharing the database; they are never registered anywhere, only handed to
+  :func:`exposition` for one scrape.
+
+This module imports no part of Bulletin: every layer may count here. Counting a batch of
+outcomes by state is done where outcomes are known (:mod:`bulletin.deliveries.metrics`).
 
 A worker process without an API serves its own figures with :func:`serve_process_metrics`.
 """
 
 from __future__ import annotations
 
-import collections
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import structlog
 from prometheus_client import REGISTRY, Counter, Histogram, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
-
-from bulletin.db import Database, utcnow
-from bulletin.deliveries import repository
-from bulletin.deliveries.outcomes import Outcome
-from bulletin.deliveries.states import DeliveryState
 
 log = structlog.get_logger("bulletin.metrics")
 
@@ -52,8 +49,6 @@ LEASES_EXPIRED = Counter(
     "Sends whose worker went silent past its lease, by where the delivery went.",
     ["outcome"],
 )
-for _outcome in (DeliveryState.PENDING, DeliveryState.UNKNOWN):
-    LEASES_EXPIRED.labels(_outcome.value)  # shown as 0 from the start, so rate() works
 UNKNOWN = Counter(
     "bulletin_unknown",
     "Deliveries that became unknown: sent or not, nobody can tell; never resent automatically.",
@@ -79,26 +74,7 @@ HTTP_SECONDS = Histogram(
 )
 
 
-def _count_by_state(applied: Sequence[Outcome], counter: Counter) -> None:
-    # One increment per state and batch, not per delivery: this runs on the delivery path.
-    by_state = collections.Counter(o.state for o in applied)
-    for state, n in by_state.items():
-        counter.labels(str(state)).inc(n)
-    if unknown := by_state.get(DeliveryState.UNKNOWN):
-        UNKNOWN.inc(unknown)
-
-
-def count_completions(applied: Sequence[Outcome]) -> None:
-    """Count a batch of outcomes the completer wrote."""
-    _count_by_state(applied, COMPLETED)
-
-
-def count_expired_leases(applied: Sequence[Outcome]) -> None:
-    """Count a batch of expired leases the reaper settled (``pending`` or ``unknown``)."""
-    _count_by_state(applied, LEASES_EXPIRED)
-
-
-# --- From the database, per scrape ----------------------------------------------------------
+# --- One scrape -----------------------------------------------------------------------------
 
 
 class _Snapshot(Collector):
@@ -112,47 +88,10 @@ class _Snapshot(Collector):
         yield from self._extra
 
 
-async def database_families(db: Database) -> list[Metric]:
-    """Deliveries by channel and state and the queue's depth and age, read now.
-
-    When the database does not answer, ``bulletin_database_up`` is 0 and the other
-    families are left out, so that a scrape still shows this process's own figures.
-    """
-    up = GaugeMetricFamily(
-        "bulletin_database_up", "1 when the database answered this scrape's queries."
-    )
-    now = utcnow()
-    try:
-        async with db.read() as session:
-            counts = await repository.counts_by_channel_and_state(session)
-            depth, oldest = await repository.queue_depth(session, now)
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("metrics.database_unavailable", error=str(exc))
-        up.add_metric([], 0)
-        return [up]
-    up.add_metric([], 1)
-    deliveries = GaugeMetricFamily(
-        "bulletin_deliveries",
-        "Deliveries in the database, by channel and state (every process together).",
-        labels=["channel", "state"],
-    )
-    for (channel, state), n in sorted(counts.items()):
-        deliveries.add_metric([channel, state], n)
-    queue = GaugeMetricFamily(
-        "bulletin_queue_depth", "Pending deliveries that are due now (every process together)."
-    )
-    queue.add_metric([], depth)
-    age = GaugeMetricFamily(
-        "bulletin_queue_oldest_due_seconds",
-        "How long the oldest due pending delivery has been waiting; 0 when none is.",
-    )
-    age.add_metric([], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
-    return [up, deliveries, queue, age]
-
-
-async def exposition(db: Database) -> bytes:
-    """The text exposition of this process's figures and the database's, for ``/metrics``."""
-    return generate_latest(_Snapshot(await database_families(db)))
+def exposition(extra: Iterable[Metric]) -> bytes:
+    """The text exposition of this process's figures followed by ``extra`` (the families read
+    from the database for this scrape), for ``/metrics``."""
+    return generate_latest(_Snapshot(extra))
 
 
 # --- A worker's own server ------------------------------------------------------------------

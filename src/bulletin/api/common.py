@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -9,10 +10,9 @@ from fastapi import Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.bootstrap import Services
 from bulletin.idempotency import service as idempotency
 from bulletin.idempotency.service import StoredAnswer
-from bulletin.orgs.service import Principal
+from bulletin.services import Services
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 Cursor = Annotated[
@@ -31,29 +31,32 @@ IdempotencyKey = Annotated[
 
 async def create_idempotently(
     request: Request,
-    svc: Services,
-    principal: Principal,
+    services: Services,
+    org_id: uuid.UUID,
     key: str | None,
     create: Callable[[AsyncSession], Awaitable[StoredAnswer]],
     *,
     wakes_worker: bool = False,
 ) -> JSONResponse:
-    """Run ``create`` in one transaction with the Idempotency-Key check and record (G3).
+    """Run ``create`` in one transaction with the Idempotency-Key check and record (G3); keys
+    are kept per organization (``org_id``).
 
     The answer is sent only after the commit, so a 2xx means the resource is durable (G4).
     """
     replayed = False
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         if key is None:
             answer = await create(session)
         else:
             idempotency.check_key(key)
-            print_ = idempotency.fingerprint(request.method, request.url.path, await request.body())
+            fingerprint = idempotency.fingerprint(
+                request.method, request.url.path, await request.body()
+            )
             answer, replayed = await idempotency.once(
-                session, principal.org_id, key, print_, lambda: create(session)
+                session, org_id, key, fingerprint, lambda: create(session)
             )
     if wakes_worker and not replayed:
-        svc.notifier.work_available()
+        services.notifier.work_available()
     headers: dict[str, Any] = {}
     if answer.location:
         headers["Location"] = answer.location

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bulletin import migrate
 from bulletin.api import problems
 from bulletin.api.deps import ServicesDep
-from bulletin.bootstrap import Phase, Services
+from bulletin.services import Phase, Services
 
 router = APIRouter(tags=["health"])
 
@@ -40,25 +40,25 @@ def _not_ready(body: dict[str, Any]) -> JSONResponse:
 @router.get("/health", responses={503: {"description": "Start-up failed; replace the process"}})
 async def health(request: Request) -> JSONResponse:
     """The process is alive (also while it waits for the database)."""
-    svc: Services | None = getattr(request.app.state, "services", None)
-    if svc is not None and svc.startup.phase is Phase.FAILED:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None and services.startup.phase is Phase.FAILED:
         return _not_ready({"status": "failed", "detail": "start-up failed; see the logs"})
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", responses={503: {"description": "Not ready"}})
-async def ready(svc: ServicesDep) -> JSONResponse:
+async def ready(services: ServicesDep) -> JSONResponse:
     """The process has started, the database answers, and its schema is the newest."""
-    phase = svc.startup.phase
+    phase = services.startup.phase
     if phase is Phase.FAILED:
         return _not_ready({"status": "failed", "detail": "start-up failed; see the logs"})
     if phase is not Phase.READY:
         database = "ok" if phase is Phase.STARTING else phase.value
         return _not_ready({"status": "starting", "database": database})
     try:
-        async with svc.db.read() as session:
+        async with services.db.read() as session:
             await session.execute(text("SELECT 1"))
-        current = await migrate.is_current(svc.db)
+        current = await migrate.is_current(services.db)
     except (SQLAlchemyError, OSError) as exc:
         return _not_ready(
             {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__}

@@ -12,8 +12,9 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 
 from bulletin.channels import egress
+from bulletin.channels.addressing import normalize_email, normalize_phone
+from bulletin.config import Settings
 from bulletin.errors import FieldError, InvalidRequest
-from bulletin.recipients.validation import normalize_email, normalize_phone
 from bulletin.schemas import RequestBody
 
 TemplateName = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-z0-9_]+$")]
@@ -183,3 +184,82 @@ ProviderConfig = Annotated[
     WhatsAppCloudConfig | SmtpConfig | TwilioConfig, Field(discriminator="provider")
 ]
 AnyProviderConfig = WhatsAppCloudConfig | SmtpConfig | TwilioConfig
+
+
+def from_settings(settings: Settings) -> dict[str, AnyProviderConfig]:
+    """Providers configured through settings (``BULLETIN_WHATSAPP_*``, ``BULLETIN_SMTP_*``,
+    ``BULLETIN_TWILIO_*``), by channel, for every organization without its own.
+
+    Raises :class:`ValueError` (a :class:`~pydantic.ValidationError` among them) when they are
+    incomplete or invalid.
+    """
+    configs: dict[str, AnyProviderConfig] = {}
+    for enabled, secret, names in (
+        (
+            settings.whatsapp_phone_number_id,
+            settings.whatsapp_access_token,
+            "WHATSAPP_ACCESS_TOKEN",
+        ),
+        (settings.twilio_account_sid, settings.twilio_auth_token, "TWILIO_AUTH_TOKEN"),
+    ):
+        if enabled and secret is None:
+            raise ValueError(f"BULLETIN_{names} is needed to send with this provider")
+    if settings.whatsapp_phone_number_id:
+        template = None
+        if settings.whatsapp_template:
+            name, _, language = settings.whatsapp_template.partition(":")
+            template = WhatsAppTemplateRef(
+                name=name,
+                language=language or "en",
+                parameters=["{{ title }}", "{{ body }}"],
+            )
+        configs["whatsapp"] = WhatsAppCloudConfig.model_validate(
+            {
+                "phone_number_id": settings.whatsapp_phone_number_id,
+                "access_token": settings.whatsapp_access_token,
+                "app_secret": settings.whatsapp_app_secret,
+                "verify_token": settings.whatsapp_verify_token,
+                "base_url": settings.whatsapp_base_url,
+                "api_version": settings.whatsapp_api_version,
+                "rate_per_second": settings.whatsapp_rate_per_second,
+                "template": template,
+            }
+        )
+    if settings.smtp_host:
+        configs["email"] = SmtpConfig.model_validate(
+            {
+                "host": settings.smtp_host,
+                "port": settings.smtp_port,
+                "security": settings.smtp_security,
+                "username": settings.smtp_username,
+                "password": settings.smtp_password,
+                "from_address": settings.smtp_from,
+                "from_name": settings.smtp_from_name,
+                "rate_per_second": settings.smtp_rate_per_second,
+            }
+        )
+    if settings.twilio_account_sid:
+        configs["sms"] = TwilioConfig.model_validate(
+            {
+                "account_sid": settings.twilio_account_sid,
+                "auth_token": settings.twilio_auth_token,
+                "webhook_signing_key": settings.twilio_webhook_signing_key,
+                "from_number": settings.twilio_from,
+                "messaging_service_sid": settings.twilio_messaging_service_sid,
+                "base_url": settings.twilio_base_url,
+                "rate_per_second": settings.twilio_rate_per_second,
+            }
+        )
+    return configs
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse provider settings that are incomplete or invalid, saying which and why.
+
+    Run where settings are read (the CLI), so that a mistake stops Bulletin at start rather
+    than at its first send.
+    """
+    try:
+        from_settings(settings)
+    except ValueError as exc:
+        raise ValueError(f"provider settings are incomplete or invalid: {exc}") from exc

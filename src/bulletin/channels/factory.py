@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from bulletin.channels.accounts import webhook_path
 from bulletin.channels.base import DEFAULT_ACCOUNT, Provider
 from bulletin.channels.configs import (
     AnyProviderConfig,
@@ -40,7 +41,6 @@ class ProviderFactory:
         from bulletin.channels.smtp import SmtpProvider
         from bulletin.channels.twilio import TwilioProvider
         from bulletin.channels.whatsapp import WhatsAppCloudProvider
-        from bulletin.webhooks.accounts import webhook_path
 
         timeout = self._settings.provider_connect_timeout_seconds
         if isinstance(config, WhatsAppCloudConfig):

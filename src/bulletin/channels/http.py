@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from structlog.typing import FilteringBoundLogger
 
 from bulletin.channels.egress import NOT_ALLOWED, AddressNotAllowed, Resolver, guarded_socket
 from bulletin.errors import TransientSendError
@@ -121,7 +122,7 @@ async def exchange(
     url: str,
     *,
     provider: str,
-    bound: Any,
+    bound: FilteringBoundLogger,
     **request: Any,
 ) -> Answer:
     """POST to a provider.
@@ -171,7 +172,7 @@ async def exchange(
         return Answer(status, retry_after, None, exc)
 
 
-def _not_allowed(bound: Any, event: str, url: str) -> TransientSendError:
+def _not_allowed(bound: FilteringBoundLogger, event: str, url: str) -> TransientSendError:
     """A provider address refused by the policy: the account pauses until an admin fixes it."""
     bound.warning(
         f"{event}.address_not_allowed",

@@ -31,6 +31,10 @@ does not deduplicate. Replies are mapped here, at the boundary, onto Bulletin's 
   queued the message. aiosmtplib does not say whether the content had gone out when the
   connection broke during ``DATA``, and "in doubt" is the side that never delivers twice. No
   answer at all is left to the engine's send timeout: its ``TimeoutError`` means in doubt too.
+
+It is over 400 lines because the wire form of a message (folding and encoding by RFC 5322 and
+RFC 2047) and the SMTP transaction are one boundary: each reply's meaning depends on what was
+written, and the list above is the one place that maps them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from urllib.parse import urlsplit
 import aiosmtplib
 import structlog
 from email_validator import EmailNotValidError, validate_email
+from structlog.typing import FilteringBoundLogger
 
 from bulletin.channels import egress
 from bulletin.channels.base import Accepted, OutboundMessage, Provider
@@ -522,7 +527,7 @@ class SmtpProvider(Provider):
             utf8=utf8,
         )
 
-    async def _ready(self, envelope: _Envelope, bound: Any) -> aiosmtplib.SMTP:
+    async def _ready(self, envelope: _Envelope, bound: FilteringBoundLogger) -> aiosmtplib.SMTP:
         """A connection on which ``MAIL FROM`` and ``RCPT TO`` were accepted for ``envelope``."""
         connection: aiosmtplib.SMTP | None = None
         step = "connect"
@@ -568,7 +573,7 @@ class SmtpProvider(Provider):
         step: str,
         exc: BaseException,
         connection: aiosmtplib.SMTP | None,
-        bound: Any,
+        bound: FilteringBoundLogger,
     ) -> ChannelError | None:
         """Tidy up after a failure before the content went out, and say what it means.
 
@@ -724,7 +729,7 @@ class SmtpProvider(Provider):
         connection.close()
 
     def _connect_refusal(
-        self, exc: aiosmtplib.SMTPResponseException, bound: Any
+        self, exc: aiosmtplib.SMTPResponseException, bound: FilteringBoundLogger
     ) -> TransientSendError:
         # The greeting's text is the server's banner: for the operator's log only.
         detail = f"the SMTP server refused the connection ({exc.code})"
@@ -739,7 +744,7 @@ class SmtpProvider(Provider):
         return TransientSendError(detail)
 
     def _login_refused(
-        self, exc: aiosmtplib.SMTPResponseException, bound: Any
+        self, exc: aiosmtplib.SMTPResponseException, bound: FilteringBoundLogger
     ) -> TransientSendError:
         bound.error(
             "smtp.authentication_failed",
@@ -755,7 +760,7 @@ class SmtpProvider(Provider):
         )
 
     def _refusal(
-        self, step: str, exc: aiosmtplib.SMTPResponseException, bound: Any
+        self, step: str, exc: aiosmtplib.SMTPResponseException, bound: FilteringBoundLogger
     ) -> ChannelError:
         code = exc.code
         detail = f"the SMTP server refused {step}: {code} {exc.message}"

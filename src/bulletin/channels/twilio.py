@@ -22,6 +22,10 @@ account's auth token (HMAC-SHA1), or, when a Webhook Setting of the account cove
 with that setting's SharedKey and algorithm, named in ``X-Twilio-Webhooks-Signature-Settings``.
 Twilio signs the URL sometimes with its port written out and sometimes without, so each form
 of the URL is tried (:func:`signed_urls`).
+
+It is over 400 lines because it holds both halves of one provider, sending and the signed
+webhooks, which share the account's settings, its error codes and its message ids; split in
+two, a reader would follow one protocol across two modules.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from xml.sax.saxutils import escape
 
 import aiohttp
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from bulletin.channels.base import (
     Accepted,
@@ -110,7 +115,7 @@ class TwilioProvider(Provider):
     The aiohttp session belongs to the caller, who closes it. ``status_callback_url``, when
     given, is sent as each message's ``StatusCallback`` with ``delivery=<delivery id>`` added
     to its query, so that receipts name the delivery they are about; it is the webhook URL of
-    this account (``account_key``, see :func:`bulletin.webhooks.accounts.webhook_path`), so
+    this account (``account_key``, see :func:`bulletin.channels.accounts.webhook_path`), so
     that only this account's auth token verifies them.
     """
 
@@ -195,7 +200,7 @@ class TwilioProvider(Provider):
 
     def _refusal(
         self,
-        bound: Any,
+        bound: FilteringBoundLogger,
         status: int,
         retry_after: float | None,
         error: _TwilioError,

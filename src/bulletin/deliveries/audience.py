@@ -20,14 +20,8 @@ from bulletin.db import UTCDateTime, upsert_statement
 from bulletin.deliveries.models import Delivery
 from bulletin.deliveries.states import DeliveryState
 from bulletin.messages.models import Message, MessageRecipient
+from bulletin.recipients.addresses import address_column, choice_column
 from bulletin.recipients.models import Recipient, RecipientGroup
-
-#: Per channel, the recipient's address column and the column of their explicit choice.
-_COLUMNS = {
-    "whatsapp": (Recipient.whatsapp, Recipient.pref_whatsapp),
-    "email": (Recipient.email, Recipient.pref_email),
-    "sms": (Recipient.phone, Recipient.pref_sms),
-}
 
 
 def _members(message: Message, after: int, upper: int | None = None) -> Select[Any]:
@@ -74,7 +68,7 @@ def _first_usable_channel(channels: Sequence[str]) -> ColumnElement[str]:
     """
     whens: list[tuple[ColumnElement[bool], ColumnElement[str]]] = []
     for channel in channels:
-        address, choice = _COLUMNS[channel]
+        address, choice = address_column(channel), choice_column(channel)
         whens.append((and_(address.is_not(None), func.coalesce(choice, true())), literal(channel)))
     return case(*whens, else_=literal(channels[0]))
 

@@ -12,7 +12,7 @@ from bulletin.deliveries.states import DeliveryState
 SENDING_TEMPLATE = "the 24-hour window had closed: sending the approved template"
 #: How the event of a WhatsApp send that the provider accepted as an approved template ends;
 #: with :data:`SENDING_TEMPLATE`, what tells a later closed-window failure that a template was
-#: already tried (:func:`bulletin.deliveries.repository.may_send_template_instead`).
+#: already tried (:func:`bulletin.deliveries.fallback.may_send_template_instead`).
 AS_TEMPLATE = " as the approved template"
 
 

@@ -29,15 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Inbound, Receipt
 from bulletin.channels.keywords import classify
-from bulletin.db import dialect_name, utcnow
-from bulletin.deliveries import repository
-from bulletin.deliveries.models import Delivery, Suppression
+from bulletin.db import utcnow
+from bulletin.deliveries import fallback, repository, suppressions
+from bulletin.deliveries.models import Delivery
 from bulletin.deliveries.outcomes import SENDING_TEMPLATE
+from bulletin.deliveries.repository import Change
 from bulletin.deliveries.states import (
     ACTIVE_STATES,
     DeliveryState,
@@ -45,7 +45,7 @@ from bulletin.deliveries.states import (
     window_closed_resends,
 )
 from bulletin.recipients import repository as recipients
-from bulletin.worker.policy import address_of
+from bulletin.recipients.addresses import address_of, explicit_choice, set_choice
 
 log = structlog.get_logger("bulletin.receipts")
 
@@ -92,15 +92,14 @@ async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Deli
     # status without it is matched by its wamid (ix_deliveries_provider_message_id). Either
     # way the delivery must belong to this account, and it is one query per receipt.
     theirs = receipt.provider_message_id
-    if receipt.delivery_id is not None:
-        if not 0 < receipt.delivery_id <= _MAX_ID:
+    delivery_id = receipt.delivery_id
+    if delivery_id is not None:
+        if not 0 < delivery_id <= _MAX_ID:
             # Not an id of ours: no row has it, and the database could not even compare it.
             return None
-        key = Delivery.id == receipt.delivery_id
     elif theirs is not None and source.provider in _MATCHED_BY_PROVIDER_ID:
         if len(theirs) > _MAX_PROVIDER_ID:
             return None
-        key = Delivery.provider_message_id == theirs
     else:
         log.warning(
             "receipts.without_delivery_id",
@@ -108,28 +107,16 @@ async def _find(session: AsyncSession, source: Source, receipt: Receipt) -> Deli
             provider_message_id=theirs,
         )
         return None
-    query = select(Delivery).where(
-        key,
-        Delivery.org_id.in_(list(source.orgs)),
-        Delivery.channel == source.channel,
-        or_(
-            # Sent through this very account.
-            and_(
-                Delivery.provider_account == source.account,
-                Delivery.provider == source.provider,
-            ),
-            # No account recorded (a send whose outcome was never written, or one from before
-            # accounts were recorded): the account serving the organization now is the one.
-            and_(
-                Delivery.provider_account.is_(None),
-                or_(Delivery.provider.is_(None), Delivery.provider == source.provider),
-            ),
-        ),
+    found = await repository.named_by_receipt(
+        session,
+        orgs=source.orgs,
+        channel=source.channel,
+        provider=source.provider,
+        account=source.account,
+        delivery_id=delivery_id,
+        provider_message_id=theirs,
     )
-    if dialect_name(session) == "postgresql":
-        query = query.with_for_update()
-    # Two at most: a provider id that more than one delivery claims names neither.
-    found = (await session.execute(query.limit(2))).scalars().all()
+    # A provider id that more than one delivery claims names neither.
     if len(found) != 1:
         return None
     delivery = found[0]
@@ -176,7 +163,7 @@ async def apply_receipts(
         if window_closed and delivery.channel == "whatsapp":
             # Not newer than the send: a message the person wrote since keeps the window open.
             closed.append((delivery.recipient_id, delivery.sent_at or receipt.at))
-            if window_closed_resends(current) and await repository.may_send_template_instead(
+            if window_closed_resends(current) and await fallback.may_send_template_instead(
                 session, delivery
             ):
                 await _send_template_instead(session, source, delivery, receipt, current, now)
@@ -201,28 +188,19 @@ async def apply_receipts(
             if receipt.suppress_address:
                 address = await _address(session, delivery)
                 if address is not None:
-                    await repository.add_suppression(
+                    await suppressions.add(
                         session, delivery.org_id, delivery.channel, address, detail, now
                     )
         elif reported in (DeliveryState.DELIVERED, DeliveryState.READ):
             delivery.fallback_at = None
-        await repository.add_events(
-            session,
-            [
-                {
-                    "delivery_id": delivery.id,
-                    "at": receipt.at,
-                    "state": reported.value,
-                    "attempt": delivery.attempt,
-                    "detail": detail,
-                }
-            ],
+        await repository.record_events(
+            session, receipt.at, [Change(delivery.id, reported, delivery.attempt, detail)]
         )
     await session.flush()
     await recipients.close_windows_sent_before(session, closed)
     await repository.reopen_messages(session, reopened)
     if failed:
-        await repository.fall_back(session, failed, now)
+        await fallback.fall_back(session, failed, now)
     return result
 
 
@@ -252,7 +230,7 @@ async def _send_template_instead(
     G1 holds: a failed status is Meta saying it did not deliver the message, so sending it
     again as a template is no second copy; it is what Bulletin already does after any failed
     receipt, by falling back to the person's next channel. It happens once per delivery:
-    :func:`~bulletin.deliveries.repository.may_send_template_instead` lets it through only if
+    :func:`~bulletin.deliveries.fallback.may_send_template_instead` lets it through only if
     no template was tried yet (the delivery's events say so), and a 131047 for the template
     then fails the delivery for good, which falls back as any failure does. The delivery keeps
     the failed send's ``wamid`` until the template is accepted, so that a repeat of this
@@ -275,26 +253,14 @@ async def _send_template_instead(
         provider=source.provider,
         provider_message_id=receipt.provider_message_id,
     )
-    await repository.add_events(
-        session,
-        [
-            {
-                "delivery_id": delivery.id,
-                "at": now,
-                "state": DeliveryState.PENDING.value,
-                "attempt": delivery.attempt,
-                "detail": detail,
-            }
-        ],
+    await repository.record_events(
+        session, now, [Change(delivery.id, DeliveryState.PENDING, delivery.attempt, detail)]
     )
 
 
 async def _address(session: AsyncSession, delivery: Delivery) -> str | None:
     found = await recipients.by_ids(session, [delivery.recipient_id])
     return address_of(found[0], delivery.channel) if found else None
-
-
-_PREFERENCE = {"whatsapp": "pref_whatsapp", "sms": "pref_sms"}
 
 
 async def apply_inbound(session: AsyncSession, source: Source, messages: Sequence[Inbound]) -> int:
@@ -322,22 +288,16 @@ async def apply_inbound(session: AsyncSession, source: Source, messages: Sequenc
         enable = keyword == "start"
         for person in people:
             # A repeated reply (or the provider retrying its webhook) changes nothing.
-            if getattr(person, _PREFERENCE[inbound.channel]) is enable:
+            if explicit_choice(person, inbound.channel) is enable:
                 continue
-            setattr(person, _PREFERENCE[inbound.channel], enable)
+            set_choice(person, inbound.channel, enable)
             person.updated_at = now
             changed += 1
         for org_id in {p.org_id for p in people}:
             if enable:
-                await session.execute(
-                    delete(Suppression).where(
-                        Suppression.org_id == org_id,
-                        Suppression.channel == inbound.channel,
-                        Suppression.address == inbound.address,
-                    )
-                )
+                await suppressions.remove(session, org_id, inbound.channel, inbound.address)
             else:
-                await repository.add_suppression(
+                await suppressions.add(
                     session,
                     org_id,
                     inbound.channel,
@@ -353,9 +313,3 @@ async def apply_inbound(session: AsyncSession, source: Source, messages: Sequenc
         )
     await session.flush()
     return changed
-
-
-def window_open(inbound_at: dt.datetime | None, now: dt.datetime) -> bool:
-    """Whether WhatsApp's 24-hour customer-service window is open for free-form messages."""
-    # A minute's margin: the send must reach Meta while the window is still open.
-    return inbound_at is not None and now - inbound_at < dt.timedelta(hours=24, minutes=-1)

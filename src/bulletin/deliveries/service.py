@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bulletin.db import utcnow
 from bulletin.deliveries import repository, schemas
 from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.states import DeliveryState, MessageState
+from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import Conflict, NotFound
 from bulletin.ids import decode_cursor, encode_cursor
-from bulletin.messages.models import Message
-from bulletin.recipients.models import Recipient
+from bulletin.messages import repository as messages
+from bulletin.messages.states import MessageState
+from bulletin.recipients import repository as recipients
 
 
 def to_schema(delivery: Delivery, external_id: str) -> schemas.Delivery:
@@ -40,7 +41,7 @@ async def get(session: AsyncSession, org_id: uuid.UUID, delivery_id: int) -> sch
     delivery = await repository.get(session, org_id, delivery_id)
     if delivery is None:
         raise NotFound(f"There is no delivery {delivery_id}.")
-    recipient = await session.get(Recipient, delivery.recipient_id)
+    recipient = await recipients.by_id(session, delivery.recipient_id)
     assert recipient is not None
     events = await repository.events(session, delivery.id)
     return schemas.DeliveryDetail(
@@ -78,7 +79,7 @@ async def resend_unknown(session: AsyncSession, org_id: uuid.UUID, delivery_id: 
     delivery = await repository.get(session, org_id, delivery_id)
     if delivery is None:
         raise NotFound(f"There is no delivery {delivery_id}.")
-    message = await session.get(Message, delivery.message_id)
+    message = await messages.by_id(session, delivery.message_id)
     if message is not None and message.state == MessageState.CANCELLED.value:
         raise Conflict("The message was cancelled; its deliveries are not sent again.")
     reopened = await repository.reopen_unknown(

@@ -1,4 +1,4 @@
-"""The delivery state machine (ARCHITECTURE.md), as data and pure functions.
+"""The delivery state machine (docs/architecture.md, "States"), as data and pure functions.
 
 ::
 
@@ -26,14 +26,6 @@ class DeliveryState(StrEnum):
     SUPPRESSED = "suppressed"
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
-
-
-class MessageState(StrEnum):
-    SCHEDULED = "scheduled"
-    RESOLVING = "resolving"
-    SENDING = "sending"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
 
 
 #: States in which a delivery still has work ahead of it; the rest are settled.

@@ -35,10 +35,10 @@ from typing import Any, Self
 import aiohttp
 import structlog
 
+from bulletin.channels.accounts import DEFAULT_ACCOUNT, webhook_path
 from bulletin.devservers.smtp import ReceivedEmail, SmtpServer
 from bulletin.devservers.twilio import AcceptedSms, TwilioServer
 from bulletin.devservers.whatsapp import AcceptedMessage, WhatsAppCloudServer
-from bulletin.webhooks.accounts import DEFAULT_ACCOUNT, webhook_path
 
 log = structlog.get_logger("bulletin.devservers")
 

@@ -23,6 +23,9 @@ Gmail and Yahoo do for bulk senders since 2024.
     async with SmtpServer(security="starttls", username="u", password="p") as server:
         config = SmtpConfig(host=server.host, port=server.port, security="starttls",
                             validate_certs=False, username="u", password="p", ...)
+
+It is over 400 lines because it stands in for a whole mail server: each refusal above is a
+small rule of its own, read by rule rather than from top to bottom.
 """
 
 from __future__ import annotations

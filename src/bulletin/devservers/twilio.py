@@ -32,6 +32,10 @@ written out (``https://host:443/...``), or without any port.
 
     async with TwilioServer(account_sid=sid, auth_token=token) as server:
         config = TwilioConfig(..., base_url=server.base_url)
+
+It is over 400 lines because it stands in for a whole provider, both the REST API and its
+webhooks: each refusal above is a small rule of its own, read by rule rather than from top
+to bottom.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ a person with a username and no phone number), statuses with or without
 
 :func:`status_payload`, :func:`inbound_payload` and :func:`post_webhook` build and deliver
 webhooks exactly as Meta sends them, for tests that post them themselves.
+
+It is over 400 lines because it stands in for a whole provider, both the Cloud API and its
+webhooks, with the window and pacing rules Meta enforces: each is a small rule of its own,
+read by rule rather than from top to bottom.
 """
 
 from __future__ import annotations

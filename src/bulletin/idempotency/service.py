@@ -15,24 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import dialect_name, utcnow
+from bulletin.db import utcnow
 from bulletin.errors import FieldError, IdempotencyKeyReused, InvalidRequest, RequestInProgress
-from bulletin.idempotency.models import IdempotencyRecord
+from bulletin.idempotency import repository
 
 MAX_KEY_LENGTH = 255
-
-# Plain statements on the table: one row read or written per request, on the API's busiest
-# path, without the ORM's identity map and unit of work.
-_RECORDS: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
-_FIND = select(
-    _RECORDS.c.fingerprint, _RECORDS.c.status_code, _RECORDS.c.body, _RECORDS.c.location
-).where(_RECORDS.c.org_id == bindparam("org_id"), _RECORDS.c.key == bindparam("key"))
-_TRY_LOCK = select(
-    func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("name", type_=String), 0))
-)
 
 
 @dataclass(frozen=True)
@@ -63,23 +52,21 @@ def check_key(key: str) -> str:
 
 
 async def begin(
-    session: AsyncSession, org_id: uuid.UUID, key: str, print_: str
+    session: AsyncSession, org_id: uuid.UUID, key: str, request_fingerprint: str
 ) -> StoredAnswer | None:
     """The earlier answer to replay, or ``None`` when this request is the first with the key.
 
     Raises :class:`RequestInProgress` when a twin holds the key right now, and
     :class:`IdempotencyKeyReused` when the key was used for a different request.
     """
-    if dialect_name(session) == "postgresql":
-        locked = (await session.execute(_TRY_LOCK, {"name": f"{org_id}:{key}"})).scalar_one()
-        if not locked:
-            raise RequestInProgress(
-                "A request with this Idempotency-Key is still being processed; retry shortly."
-            )
-    record = (await session.execute(_FIND, {"org_id": org_id, "key": key})).one_or_none()
+    if not await repository.try_lock(session, org_id, key):
+        raise RequestInProgress(
+            "A request with this Idempotency-Key is still being processed; retry shortly."
+        )
+    record = await repository.find(session, org_id, key)
     if record is None:
         return None
-    if record.fingerprint != print_:
+    if record.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with a different request.",
             [FieldError(("header", "Idempotency-Key"), "already used with another request")],
@@ -91,20 +78,18 @@ async def remember(
     session: AsyncSession,
     org_id: uuid.UUID,
     key: str,
-    print_: str,
+    request_fingerprint: str,
     answer: StoredAnswer,
 ) -> None:
-    await session.execute(
-        insert(_RECORDS),
-        {
-            "org_id": org_id,
-            "key": key,
-            "fingerprint": print_,
-            "status_code": answer.status_code,
-            "body": answer.body,
-            "location": answer.location,
-            "created_at": utcnow(),
-        },
+    await repository.add(
+        session,
+        org_id,
+        key,
+        request_fingerprint,
+        answer.status_code,
+        answer.body,
+        answer.location,
+        utcnow(),
     )
 
 
@@ -112,7 +97,7 @@ async def once(
     session: AsyncSession,
     org_id: uuid.UUID,
     key: str,
-    print_: str,
+    request_fingerprint: str,
     create: Callable[[], Awaitable[StoredAnswer]],
 ) -> tuple[StoredAnswer, bool]:
     """The answer to the request with ``key``, and whether it is replayed.
@@ -121,9 +106,9 @@ async def once(
     transaction; every later one gets that answer back without running ``create``. Raises as
     :func:`begin` does.
     """
-    stored = await begin(session, org_id, key, print_)
+    stored = await begin(session, org_id, key, request_fingerprint)
     if stored is not None:
         return stored, True
     answer = await create()
-    await remember(session, org_id, key, print_, answer)
+    await remember(session, org_id, key, request_fingerprint, answer)
     return answer, False

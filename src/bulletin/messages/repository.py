@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import Table, exists, func, insert, inspect, select, update
+from sqlalchemy import Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import chunked, dialect_name
-from bulletin.deliveries.models import Delivery
-from bulletin.deliveries.states import ACTIVE_STATES, MessageState
+from bulletin.db import chunked
 from bulletin.messages.models import Message, MessageRecipient
+from bulletin.messages.states import MessageState
 
 _WAITING = (MessageState.SCHEDULED.value, MessageState.RESOLVING.value)
 
@@ -62,16 +61,21 @@ async def page(
 async def lock_for_cancel(
     session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
 ) -> Message | None:
+    """The message, locked until the transaction ends (PostgreSQL): waits for a scheduler
+    resolving it to finish its chunk, so cancel and resolution never interleave. SQLite has no
+    row locks (SQLAlchemy drops ``FOR UPDATE`` there); its writers run one at a time."""
     query = (
         select(Message)
         .where(Message.id == message_id, Message.org_id == org_id, Message.kind == kind)
         .execution_options(populate_existing=True)
+        .with_for_update()
     )
-    if dialect_name(session) == "postgresql":
-        # Waits for a scheduler resolving this message to finish its chunk, so cancel and
-        # resolution never interleave.
-        query = query.with_for_update()
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def by_id(session: AsyncSession, message_id: uuid.UUID) -> Message | None:
+    """The message with this id, whichever organization and kind it is."""
+    return await session.get(Message, message_id)
 
 
 async def by_ids(session: AsyncSession, ids: list[uuid.UUID]) -> list[Message]:
@@ -88,16 +92,17 @@ async def cancelled_among(session: AsyncSession, ids: set[uuid.UUID]) -> set[uui
 
 
 async def next_due_for_resolution(session: AsyncSession, now: dt.datetime) -> Message | None:
-    """The earliest due message whose audience is not fully resolved, locked for this caller."""
+    """The earliest due message whose audience is not fully resolved, locked for this caller
+    (PostgreSQL: one another scheduler holds is skipped; SQLite, which drops ``FOR UPDATE``,
+    runs writers one at a time)."""
     query = (
         select(Message)
         .where(Message.state.in_(_WAITING), Message.send_at <= now)
         .order_by(Message.send_at)
         .limit(1)
         .execution_options(populate_existing=True)
+        .with_for_update(skip_locked=True)
     )
-    if dialect_name(session) == "postgresql":
-        query = query.with_for_update(skip_locked=True)
     return (await session.execute(query)).scalar_one_or_none()
 
 
@@ -109,40 +114,3 @@ async def next_send_at(
     if after is not None:
         query = query.where(Message.send_at > after)
     return (await session.execute(query)).scalar_one_or_none()
-
-
-async def finish_completed(session: AsyncSession, now: dt.datetime) -> int:
-    """Mark ``completed`` every sending message none of whose deliveries has work left."""
-    work_left = exists().where(
-        Delivery.message_id == Message.id,
-        Delivery.state.in_([s.value for s in ACTIVE_STATES]),
-    )
-    result = await session.execute(
-        update(Message)
-        .where(Message.state == MessageState.SENDING.value, ~work_left)
-        .values(state=MessageState.COMPLETED.value, completed_at=now)
-        .returning(Message.id)
-    )
-    return len(result.all())
-
-
-async def categories_sent_to(
-    session: AsyncSession, org_id: uuid.UUID, recipient_id: int, limit: int = 100
-) -> list[str]:
-    """Categories of the organization's messages that ``recipient_id`` had a delivery of, in
-    alphabetical order: what that person's preference page may name (never the categories of
-    messages sent only to others). One query, over the deliveries index by recipient."""
-    rows = await session.execute(
-        select(Message.category)
-        .join(Delivery, Delivery.message_id == Message.id)
-        .where(
-            Delivery.recipient_id == recipient_id,
-            Delivery.org_id == org_id,
-            Message.org_id == org_id,
-            Message.category.is_not(None),
-        )
-        .distinct()
-        .order_by(Message.category)
-        .limit(limit)
-    )
-    return [category for category in rows.scalars() if category is not None]

@@ -1,29 +1,28 @@
-"""Message use cases: create an announcement or a notification, read them, cancel them."""
+"""Message use cases: create an announcement or a notification, and show them.
+
+Reading a message with its deliveries and cancelling it are in
+:mod:`bulletin.deliveries.progress`, which sees the deliveries.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 import uuid
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import Database, utcnow
-from bulletin.deliveries import audience as audiences
-from bulletin.deliveries import repository as deliveries
-from bulletin.deliveries.states import MessageState
-from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
+from bulletin.db import utcnow
+from bulletin.errors import FieldError, InvalidRequest, NotFound
 from bulletin.ids import decode_uuid_cursor, encode_cursor, uuid7
 from bulletin.messages import repository, schemas, templates
 from bulletin.messages.models import Message
+from bulletin.messages.states import MessageState
 from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
 
 ANNOUNCEMENT = "announcement"
 NOTIFICATION = "notification"
-_FINISHED = (MessageState.COMPLETED.value, MessageState.CANCELLED.value)
 _MAX_LISTED_UNKNOWN = 100
 _TEMPLATE_SAMPLE = 1000
 
@@ -64,19 +63,6 @@ async def _check_templates(
         people = await recipients.by_ids(session, named[:_TEMPLATE_SAMPLE])
     templates.check(body.title, body.body, overrides, [view_of(r) for r in people])
     return overrides
-
-
-async def count_audience(
-    session: AsyncSession, org_id: uuid.UUID, audience: schemas.Audience
-) -> tuple[int, list[str]]:
-    """How many people ``audience`` reaches now, and the named external ids that do not exist."""
-    if audience.recipients:
-        wanted = list(dict.fromkeys(audience.recipients))
-        found = await recipients.existing_external_ids(session, org_id, wanted)
-        return len(found), [e for e in wanted if e not in found]
-    return await audiences.count_audience(
-        session, org_id, audience.model_dump(exclude_none=True)
-    ), []
 
 
 def view_of(recipient: Recipient) -> templates.RecipientView:
@@ -208,27 +194,6 @@ async def require(
     return message
 
 
-async def announcement(
-    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID
-) -> schemas.Announcement:
-    message = await require(session, org_id, message_id, ANNOUNCEMENT)
-    return as_announcement(message, await deliveries.count_by_state(session, message.id))
-
-
-async def notification(
-    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID
-) -> schemas.Notification:
-    message = await require(session, org_id, message_id, NOTIFICATION)
-    rows = await deliveries.page_for_message(
-        session, message.id, state=None, after_id=None, limit=10
-    )
-    briefs = [
-        schemas.DeliveryBrief(id=d.id, channel=d.channel, state=d.state, reason=d.reason)
-        for d, _ in rows
-    ]
-    return as_notification(message, briefs)
-
-
 async def page_announcements(
     session: AsyncSession, org_id: uuid.UUID, cursor: str | None, limit: int
 ) -> schemas.AnnouncementPage:
@@ -240,43 +205,3 @@ async def page_announcements(
         items=[as_announcement(m) for m in found],
         next_cursor=encode_cursor(str(found[-1].id)) if more else None,
     )
-
-
-async def cancel(
-    session: AsyncSession, org_id: uuid.UUID, message_id: uuid.UUID, kind: str
-) -> tuple[Message, int]:
-    """Cancel a message: no delivery of it starts once this commits (G5).
-
-    Returns the message and how many deliveries were cancelled. A message whose every
-    delivery is already settled cannot be cancelled (409).
-    """
-    message = await repository.lock_for_cancel(session, org_id, message_id, kind)
-    if message is None:
-        raise NotFound(f"There is no {kind} {message_id}.")
-    counts = await deliveries.count_by_state(session, message.id)
-    nothing_left = message.state == MessageState.SENDING.value and not (
-        counts["pending"] or counts["sending"]
-    )
-    if message.state in _FINISHED or nothing_left:
-        state = "cancelled" if message.state == MessageState.CANCELLED.value else "finished"
-        raise Conflict(f"The {kind} is already {state}; there is nothing left to cancel.")
-    now = utcnow()
-    message.state = MessageState.CANCELLED.value
-    message.cancelled_at = now
-    cancelled = await deliveries.cancel_pending(session, message.id, now)
-    await session.flush()
-    return message, cancelled
-
-
-async def wait_for_in_flight(db: Database, message_id: uuid.UUID, timeout: float) -> int:
-    """Wait until sends of the message that had started before a cancel have ended.
-
-    Returns how many are still running when ``timeout`` seconds have passed (normally 0).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        async with db.read() as session:
-            running = await deliveries.count_in_flight(session, message_id)
-        if running == 0 or time.monotonic() >= deadline:
-            return running
-        await asyncio.sleep(0.05)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from bulletin.api.common import Cursor, IdempotencyKey, Limit
-from bulletin.api.deps import Admin, ServicesDep
+from bulletin.api.deps import ServicesDep
 from bulletin.api.problems import responses
 from bulletin.idempotency import service as idempotency
 from bulletin.idempotency.service import StoredAnswer
 from bulletin.orgs import schemas, service
-from bulletin.orgs.service import KeyCache
+from bulletin.orgs.auth import Admin, KeyCache
 
 router = APIRouter(
     prefix="/v1/organization", tags=["organization"], responses=responses(401, 403, 503)
@@ -22,30 +22,30 @@ keys_router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=responses(40
 
 
 @router.get("", response_model=schemas.Organization)
-async def get_organization(principal: Admin, svc: ServicesDep) -> schemas.Organization:
+async def get_organization(principal: Admin, services: ServicesDep) -> schemas.Organization:
     """The organization of the calling key, with its settings. Needs an admin key."""
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.get_organization(session, principal.org_id)
 
 
 @router.patch("", response_model=schemas.Organization, responses=responses(413, 422))
 async def update_organization(
-    body: schemas.OrganizationPatch, principal: Admin, svc: ServicesDep
+    body: schemas.OrganizationPatch, principal: Admin, services: ServicesDep
 ) -> schemas.Organization:
     """Change some of the organization's settings; fields left out stay as they are."""
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         return await service.update_organization(session, principal.org_id, body)
 
 
 @keys_router.get("", response_model=schemas.KeyPage)
 async def list_keys(
-    principal: Admin, svc: ServicesDep, limit: Limit = 50, cursor: Cursor = None
+    principal: Admin, services: ServicesDep, limit: Limit = 50, cursor: Cursor = None
 ) -> schemas.KeyPage:
     """The organization's API keys, revoked ones included, oldest first. Needs an admin key.
 
     Secrets are never shown, only each key's first characters (``prefix``).
     """
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.page_keys(session, principal.org_id, cursor, limit)
 
 
@@ -59,7 +59,7 @@ async def create_key(
     body: schemas.KeyIn,
     request: Request,
     principal: Admin,
-    svc: ServicesDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create a key for the organization. Needs an admin key.
@@ -69,12 +69,16 @@ async def create_key(
     stored nowhere.
     """
     replayed = False
-    async with svc.db.transaction() as session:
-        stored, print_ = None, ""
+    async with services.db.transaction() as session:
+        stored, fingerprint = None, ""
         if idempotency_key is not None:
             idempotency.check_key(idempotency_key)
-            print_ = idempotency.fingerprint(request.method, request.url.path, await request.body())
-            stored = await idempotency.begin(session, principal.org_id, idempotency_key, print_)
+            fingerprint = idempotency.fingerprint(
+                request.method, request.url.path, await request.body()
+            )
+            stored = await idempotency.begin(
+                session, principal.org_id, idempotency_key, fingerprint
+            )
         if stored is None:
             issued = await service.create_key(session, principal.org_id, body.scope, name=body.name)
             key = await service.get_key(session, principal.org_id, issued.key_id)
@@ -85,7 +89,7 @@ async def create_key(
                     201, {**answer.body, "api_key": None}, answer.location
                 )
                 await idempotency.remember(
-                    session, principal.org_id, idempotency_key, print_, without_secret
+                    session, principal.org_id, idempotency_key, fingerprint, without_secret
                 )
         else:
             answer, replayed = stored, True
@@ -96,9 +100,9 @@ async def create_key(
 
 
 @keys_router.get("/{key_id}", response_model=schemas.Key, responses=responses(404))
-async def get_key(key_id: uuid.UUID, principal: Admin, svc: ServicesDep) -> schemas.Key:
+async def get_key(key_id: uuid.UUID, principal: Admin, services: ServicesDep) -> schemas.Key:
     """One of the organization's keys. Needs an admin key."""
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.get_key(session, principal.org_id, key_id)
 
 
@@ -106,7 +110,7 @@ async def get_key(key_id: uuid.UUID, principal: Admin, svc: ServicesDep) -> sche
     "/{key_id}", status_code=204, response_class=Response, responses=responses(404, 409)
 )
 async def revoke_key(
-    key_id: uuid.UUID, request: Request, principal: Admin, svc: ServicesDep
+    key_id: uuid.UUID, request: Request, principal: Admin, services: ServicesDep
 ) -> Response:
     """Revoke a key of the organization. Needs an admin key.
 
@@ -115,7 +119,7 @@ async def revoke_key(
     afterwards), but the organization's last active admin key cannot be revoked (409):
     create another first. Revoking a revoked key answers 204 and changes nothing.
     """
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         await service.revoke_key(session, key_id, org_id=principal.org_id)
     keys: KeyCache = request.app.state.keys
     keys.forget(key_id)

@@ -43,7 +43,7 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     #: When the key last authenticated a request, to about a minute: each process notes uses
-    #: in memory and writes them in one batch now and then (see ``orgs.service.KeyCache``).
+    #: in memory and writes them in one batch now and then (see ``orgs.auth.KeyCache``).
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -8,9 +8,9 @@ import uuid
 from sqlalchemy import Table, bindparam, case, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import UTCDateTime, chunked
+from bulletin.db import UTCDateTime, chunked, dialect_name, upsert_statement
 from bulletin.orgs.keys import Scope
-from bulletin.orgs.models import ApiKey, Organization
+from bulletin.orgs.models import ApiKey, InstanceSecret, Organization
 
 _KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 #: Every request that misses the key cache is authenticated with this: a plain statement on
@@ -20,10 +20,40 @@ _KEY_BY_HASH = select(_KEYS.c.id, _KEYS.c.org_id, _KEYS.c.scope, _KEYS.c.revoked
 )
 #: Keys whose last use one UPDATE writes; each takes four parameters, far below every limit.
 _USES_PER_STATEMENT = 500
+#: The advisory lock that lets one process at a time make the first organization.
+_FIRST_ORGANIZATION_LOCK = 0x42554C4C45544F52
+
+
+async def add_organization(session: AsyncSession, org: Organization) -> None:
+    session.add(org)
+    await session.flush()
+
+
+async def get_organization(session: AsyncSession, org_id: uuid.UUID) -> Organization | None:
+    return await session.get(Organization, org_id)
 
 
 async def organization_exists(session: AsyncSession, org_id: uuid.UUID) -> bool:
-    return await session.get(Organization, org_id) is not None
+    return await get_organization(session, org_id) is not None
+
+
+async def count_organizations(session: AsyncSession) -> int:
+    return (await session.execute(select(func.count()).select_from(Organization))).scalar_one()
+
+
+async def list_organizations(session: AsyncSession) -> list[Organization]:
+    return list((await session.execute(select(Organization).order_by(Organization.id))).scalars())
+
+
+async def lock_first_organization(session: AsyncSession) -> None:
+    """Until the transaction ends, be the only one deciding whether to make the first
+    organization: two processes starting on an empty database would otherwise both make one.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite runs writers one at a time
+    (``BEGIN IMMEDIATE``), so there is nothing to take.
+    """
+    if dialect_name(session) == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(_FIRST_ORGANIZATION_LOCK)))
 
 
 async def add_key(session: AsyncSession, key: ApiKey) -> None:
@@ -112,3 +142,18 @@ async def record_uses(session: AsyncSession, uses: dict[uuid.UUID, dt.datetime])
             )
             .values(last_used_at=at)
         )
+
+
+async def instance_secret(session: AsyncSession, name: str, made: str, now: dt.datetime) -> str:
+    """The installation's secret ``name``, stored as ``made`` if there is none yet.
+
+    Whoever stores it first wins: every process then reads the same value.
+    """
+    statement = upsert_statement(session, InstanceSecret).values(
+        name=name, value=made, created_at=now
+    )
+    await session.execute(statement.on_conflict_do_nothing())
+    value: str = (
+        await session.execute(select(InstanceSecret.value).where(InstanceSecret.name == name))
+    ).scalar_one()
+    return value

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from bulletin.backoff import log_failure
 from bulletin.db import Database
 from bulletin.orgs import service
-from bulletin.orgs.service import KeyCache
+from bulletin.orgs.auth import KeyCache
 
 log = structlog.get_logger("bulletin.orgs")
 
@@ -35,6 +36,11 @@ async def flush_key_uses(db: Database, keys: KeyCache) -> int:
     return len(uses)
 
 
+def _flush_failed(exc: Exception) -> None:
+    # The uses are kept for the next flush either way.
+    log_failure(log, exc, outage="orgs.key_uses_flush_failed", defect="orgs.key_uses_flush_failed")
+
+
 @contextlib.asynccontextmanager
 async def recording_key_uses(
     db: Database, keys: KeyCache, every: float = KEY_USES_FLUSH_SECONDS
@@ -48,7 +54,7 @@ async def recording_key_uses(
             try:
                 await flush_key_uses(db, keys)
             except Exception as exc:  # the database is away: try again next time
-                log.warning("orgs.key_uses_flush_failed", error=type(exc).__name__)
+                _flush_failed(exc)
 
     task = asyncio.create_task(loop(), name="key-uses")
     try:
@@ -60,4 +66,4 @@ async def recording_key_uses(
         try:
             await flush_key_uses(db, keys)
         except Exception as exc:
-            log.warning("orgs.key_uses_flush_failed", error=type(exc).__name__)
+            _flush_failed(exc)

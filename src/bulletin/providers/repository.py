@@ -16,9 +16,9 @@ async def get(session: AsyncSession, org_id: uuid.UUID, channel: str) -> Channel
     return await session.get(ChannelConfig, (org_id, channel))
 
 
-async def for_org(session: AsyncSession, org_id: uuid.UUID) -> list[ChannelConfig]:
-    rows = await session.execute(select(ChannelConfig).where(ChannelConfig.org_id == org_id))
-    return list(rows.scalars())
+def add(session: AsyncSession, row: ChannelConfig) -> None:
+    """Store a new configuration with the session's next flush."""
+    session.add(row)
 
 
 async def versions(session: AsyncSession) -> dict[tuple[uuid.UUID, str], int]:

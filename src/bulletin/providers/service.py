@@ -13,7 +13,8 @@ from typing import Any, cast
 from pydantic import SecretStr, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.channels.configs import AnyProviderConfig, ProviderConfig
+from bulletin.channels import accounts
+from bulletin.channels.configs import AnyProviderConfig, ProviderConfig, from_settings
 from bulletin.channels.registry import StoredLoader
 from bulletin.config import Settings
 from bulletin.crypto import SecretBox
@@ -22,7 +23,6 @@ from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
 from bulletin.providers import repository
 from bulletin.providers.models import ChannelConfig
 from bulletin.providers.schemas import ChannelOut
-from bulletin.webhooks import accounts as webhooks
 
 CHANNELS = ("whatsapp", "email", "sms")
 _REQUIRED_SECRETS = {"whatsapp_cloud": ("access_token",), "twilio": ("auth_token",)}
@@ -80,10 +80,10 @@ def with_webhook_url(out: ChannelOut, settings: Settings, org_id: uuid.UUID) -> 
     Each account has a webhook address of its own, so that a webhook is attributed only to the
     account whose secret signed it. The environment's account and the sandbox get none here.
     """
-    route = webhooks.ROUTES.get(out.channel)
+    route = accounts.ROUTES.get(out.channel)
     if out.source != "organization" or route is None or route.provider != out.provider:
         return out.model_copy(update={"webhook_url": None})
-    path = webhooks.webhook_path(out.channel, webhooks.account_key(org_id))
+    path = accounts.webhook_path(out.channel, accounts.account_key(org_id))
     return out.model_copy(update={"webhook_url": f"{settings.base_url}{path}"})
 
 
@@ -123,7 +123,7 @@ async def put(
     created = row is None
     if row is None:
         row = ChannelConfig(org_id=org_id, channel=channel, version=1, created_at=now)
-        session.add(row)
+        repository.add(session, row)
     else:
         row.version += 1
     row.provider = config.provider
@@ -204,7 +204,7 @@ async def get(
     row = await repository.get(session, org_id, channel)
     if row is not None:
         return with_webhook_url(_out(row, open_config(row, box)), settings, org_id)
-    env = settings.provider_configs().get(channel)
+    env = from_settings(settings).get(channel)
     if env is not None:
         return ChannelOut.model_validate(_view(channel, env, "environment"))
     return ChannelOut(

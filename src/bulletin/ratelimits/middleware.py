@@ -7,7 +7,7 @@ address is ``request.client`` as the server gives it: behind a reverse proxy it 
 unless the operator names the proxy as trusted (``BULLETIN_FORWARDED_ALLOW_IPS``), in which case
 uvicorn takes it from ``X-Forwarded-For``.
 
-Requests with a key are counted in :func:`bulletin.api.deps.require`; this middleware adds
+Requests with a key are counted in :func:`bulletin.orgs.auth.require`; this middleware adds
 that decision's fields to the answer.
 """
 
@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bulletin.api import problems
-from bulletin.bootstrap import Services
 from bulletin.config import Settings
 from bulletin.db import describe
 from bulletin.ratelimits.service import Decision, RateLimited, RateLimits, current, refused
+from bulletin.services import Services
 
 log = structlog.get_logger("bulletin.ratelimit")
 

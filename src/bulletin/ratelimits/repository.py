@@ -6,9 +6,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bulletin.db import upsert_statement
 from bulletin.ratelimits.models import RateLimitWindow, SignInThrottle, UsedSignInNonce
 
 
@@ -110,9 +110,8 @@ async def use_nonce(
 ) -> bool:
     """Record a sign-in nonce as used; false when it had been used already."""
     await session.execute(delete(UsedSignInNonce).where(UsedSignInNonce.expires_at <= now))
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(UsedSignInNonce)
+        upsert_statement(session, UsedSignInNonce)
         .values(id=nonce_id, expires_at=expires_at)
         .on_conflict_do_nothing(index_elements=["id"])
     )
@@ -126,9 +125,8 @@ async def locked_throttles(
     """The throttle rows of ``subjects``, created when missing, locked until the transaction ends
     (in a stable order, so two attempts never wait for each other)."""
     subjects = sorted(set(subjects))
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     await session.execute(
-        dialect.insert(SignInThrottle)
+        upsert_statement(session, SignInThrottle)
         .values([{"subject": s, "failures": 0, "last_failure_at": now} for s in subjects])
         .on_conflict_do_nothing(index_elements=["subject"])
     )

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.api.common import Cursor, IdempotencyKey, Limit, create_idempotently
-from bulletin.api.deps import Reader, Sender, ServicesDep
+from bulletin.api.deps import ServicesDep
 from bulletin.api.problems import responses
 from bulletin.idempotency.service import StoredAnswer
+from bulletin.orgs.auth import Reader, Sender
 from bulletin.recipients import schemas, service
 from bulletin.schemas import NO_CONTROL_CHARACTERS
 
@@ -39,13 +40,13 @@ async def put_recipient(
     external_id: ExternalIdPath,
     body: schemas.RecipientPut,
     principal: Sender,
-    svc: ServicesDep,
+    services: ServicesDep,
     response: Response,
 ) -> schemas.Recipient:
     """Create or replace a recipient. Preferences are kept; a deactivated one is reactivated."""
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         recipient, created = await service.put(
-            session, principal.org_id, external_id, body, svc.settings.default_phone_region
+            session, principal.org_id, external_id, body, services.settings.default_phone_region
         )
     response.status_code = 201 if created else 200
     return recipient
@@ -53,18 +54,18 @@ async def put_recipient(
 
 @router.get("/{external_id}", response_model=schemas.Recipient, responses=responses(404))
 async def get_recipient(
-    external_id: ExternalIdPath, principal: Reader, svc: ServicesDep
+    external_id: ExternalIdPath, principal: Reader, services: ServicesDep
 ) -> schemas.Recipient:
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.get(session, principal.org_id, external_id)
 
 
 @router.delete("/{external_id}", status_code=204, responses=responses(404))
 async def delete_recipient(
-    external_id: ExternalIdPath, principal: Sender, svc: ServicesDep
+    external_id: ExternalIdPath, principal: Sender, services: ServicesDep
 ) -> Response:
     """Deactivate a recipient: nothing more is delivered to them (pending ones are suppressed)."""
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         await service.deactivate(session, principal.org_id, external_id)
     return Response(status_code=204)
 
@@ -72,7 +73,7 @@ async def delete_recipient(
 @router.get("", response_model=schemas.RecipientPage)
 async def list_recipients(
     principal: Reader,
-    svc: ServicesDep,
+    services: ServicesDep,
     group: Annotated[
         str | None,
         Query(max_length=100, pattern=NO_CONTROL_CHARACTERS, description="Only this group."),
@@ -81,7 +82,7 @@ async def list_recipients(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> schemas.RecipientPage:
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.page(
             session,
             principal.org_id,
@@ -102,7 +103,7 @@ async def import_recipients(
     body: schemas.RecipientBatch,
     request: Request,
     principal: Sender,
-    svc: ServicesDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create or replace up to 10,000 recipients atomically.
@@ -116,20 +117,20 @@ async def import_recipients(
             session,
             principal.org_id,
             body.recipients,
-            svc.settings.default_phone_region,
+            services.settings.default_phone_region,
         )
         return StoredAnswer(200, result.model_dump(mode="json"), None)
 
-    return await create_idempotently(request, svc, principal, idempotency_key, create)
+    return await create_idempotently(request, services, principal.org_id, idempotency_key, create)
 
 
 @router.get(
     "/{external_id}/preferences", response_model=schemas.Preferences, responses=responses(404)
 )
 async def get_preferences(
-    external_id: ExternalIdPath, principal: Reader, svc: ServicesDep
+    external_id: ExternalIdPath, principal: Reader, services: ServicesDep
 ) -> schemas.Preferences:
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         return await service.get_preferences(session, principal.org_id, external_id)
 
 
@@ -142,8 +143,8 @@ async def put_preferences(
     external_id: ExternalIdPath,
     body: schemas.PreferencesIn,
     principal: Sender,
-    svc: ServicesDep,
+    services: ServicesDep,
 ) -> schemas.Preferences:
     """Replace a recipient's preferences. They apply to every delivery not yet sent."""
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         return await service.put_preferences(session, principal.org_id, external_id, body)

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import UTCDateTime, chunked, dialect_name
+from bulletin.recipients.addresses import address_column
 from bulletin.recipients.models import Recipient, RecipientGroup
 
 # Columns a PUT or an import replaces; preferences and history are the person's, and stay.
@@ -184,8 +185,8 @@ async def page(
     return list((await session.execute(query.order_by(Recipient.id).limit(limit))).scalars())
 
 
-def _like(text_: str) -> str:
-    escaped = text_.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _like(term: str) -> str:
+    escaped = term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
@@ -193,16 +194,16 @@ async def search(
     session: AsyncSession,
     org_id: uuid.UUID,
     *,
-    text_: str | None,
+    term: str | None,
     group: str | None,
     offset: int,
     limit: int,
 ) -> list[Recipient]:
-    """Active recipients whose name, external id, email or phone contains ``text_`` (any
+    """Active recipients whose name, external id, email or phone contains ``term`` (any
     case), in ``group`` when given, by id."""
     query = select(Recipient).where(Recipient.org_id == org_id, Recipient.active.is_(True))
-    if text_:
-        pattern = _like(text_)
+    if term:
+        pattern = _like(term)
         query = query.where(
             func.lower(Recipient.name).like(pattern, escape="\\")
             | func.lower(Recipient.external_id).like(pattern, escape="\\")
@@ -247,6 +248,11 @@ async def deactivate(
     return result.first() is not None
 
 
+async def by_id(session: AsyncSession, recipient_id: int) -> Recipient | None:
+    """The recipient with this internal id, whichever organization it belongs to."""
+    return await session.get(Recipient, recipient_id)
+
+
 async def by_ids(session: AsyncSession, ids: list[int]) -> list[Recipient]:
     if not ids:
         return []
@@ -259,8 +265,7 @@ async def with_number(
 ) -> list[Recipient]:
     """Recipients reached at ``address`` on ``channel`` (whatsapp or sms), in these
     organizations (``None``: any). Replies are matched to people this way."""
-    column = Recipient.whatsapp if channel == "whatsapp" else Recipient.phone
-    query = select(Recipient).where(column == address)
+    query = select(Recipient).where(address_column(channel) == address)
     if org_ids is not None:
         query = query.where(Recipient.org_id.in_(org_ids))
     return list((await session.execute(query)).scalars())

@@ -101,12 +101,6 @@ class RecipientPage(BaseModel):
     next_cursor: str | None
 
 
-class BatchRowError(BaseModel):
-    index: int
-    external_id: str | None
-    errors: list[str]
-
-
 class BatchResult(BaseModel):
     created: int
     updated: int

@@ -12,10 +12,9 @@ from bulletin.db import utcnow
 from bulletin.errors import FieldError, InvalidRequest, NotFound
 from bulletin.ids import decode_cursor, encode_cursor
 from bulletin.recipients import repository, schemas
+from bulletin.recipients.addresses import CHANNELS, enabled, set_choice
 from bulletin.recipients.models import Recipient
 from bulletin.recipients.validation import normalize_phone
-
-CHANNELS = ("whatsapp", "email", "sms")
 
 
 def _profile(fields: schemas.RecipientFields, region: str | None) -> dict[str, Any]:
@@ -177,26 +176,13 @@ async def deactivate(session: AsyncSession, org_id: uuid.UUID, external_id: str)
 
 
 def effective_preferences(recipient: Recipient) -> schemas.Preferences:
-    addresses = {
-        "whatsapp": recipient.whatsapp,
-        "email": recipient.email,
-        "sms": recipient.phone,
-    }
-    explicit = {
-        "whatsapp": recipient.pref_whatsapp,
-        "email": recipient.pref_email,
-        "sms": recipient.pref_sms,
-    }
     quiet = (
         schemas.QuietHours(start=recipient.quiet_start, end=recipient.quiet_end)
         if recipient.quiet_start and recipient.quiet_end
         else None
     )
     return schemas.Preferences(
-        channels={
-            name: explicit[name] if explicit[name] is not None else addresses[name] is not None
-            for name in CHANNELS
-        },
+        channels={name: enabled(recipient, name) for name in CHANNELS},
         categories=dict(recipient.categories),
         quiet_hours=quiet,
     )
@@ -209,9 +195,8 @@ async def get_preferences(
 
 
 def _apply(recipient: Recipient, body: schemas.PreferencesIn) -> None:
-    recipient.pref_whatsapp = body.channels.whatsapp
-    recipient.pref_email = body.channels.email
-    recipient.pref_sms = body.channels.sms
+    for channel in CHANNELS:
+        set_choice(recipient, channel, getattr(body.channels, channel))
     recipient.categories = dict(body.categories)
     recipient.quiet_start = body.quiet_hours.start if body.quiet_hours else None
     recipient.quiet_end = body.quiet_hours.end if body.quiet_hours else None
@@ -232,7 +217,7 @@ async def reachable_by_id(session: AsyncSession, recipient_id: int) -> Recipient
 
     For links that name a person (the preference centre); the caller verifies the link.
     """
-    recipient = await session.get(Recipient, recipient_id)
+    recipient = await repository.by_id(session, recipient_id)
     return recipient if recipient is not None and recipient.active else None
 
 
@@ -252,6 +237,6 @@ async def unsubscribe(session: AsyncSession, recipient: Recipient, category: str
     if category:
         recipient.categories = {**(recipient.categories or {}), category: False}
     else:
-        recipient.pref_email = False
+        set_choice(recipient, "email", False)
     recipient.updated_at = utcnow()
     await session.flush()

@@ -1,7 +1,8 @@
 """Normalizing what people type about recipients: phone numbers, emails, time zones, times.
 
 Each function returns the canonical form or raises ``ValueError`` with a sentence meant for the
-API caller; Pydantic and the batch importer turn those into field errors.
+API caller; Pydantic and the batch importer turn those into field errors. Phone numbers and
+email addresses are written the way every channel writes them (:mod:`bulletin.channels.addressing`).
 """
 
 from __future__ import annotations
@@ -11,35 +12,27 @@ import re
 import zoneinfo
 from typing import Any
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic_core import PydanticCustomError
 
 from bulletin import jsonvalue
+from bulletin.channels.addressing import normalize_email, normalize_phone
+
+__all__ = [
+    "check_attributes",
+    "check_category",
+    "check_clock",
+    "check_group",
+    "check_locale",
+    "check_timezone",
+    "normalize_email",
+    "normalize_phone",
+    "time_zones",
+]
 
 # Matched with fullmatch: ``$`` would also accept a trailing newline.
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _CATEGORY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-
-
-def normalize_phone(value: str, region: str | None) -> str:
-    """E.164 form of a phone number; without ``+`` it is read in ``region``, if one is set."""
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException as exc:
-        hint = "" if region else " (write it with its +country code)"
-        raise ValueError(f"{value!r} is not a phone number{hint}") from exc
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"{value!r} is not a valid phone number")
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def normalize_email(value: str) -> str:
-    try:
-        return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(f"{value!r} is not an email address: {exc}") from exc
 
 
 @functools.cache

@@ -7,8 +7,9 @@ import uuid
 from fastapi import APIRouter
 
 from bulletin.api.common import Cursor, Limit
-from bulletin.api.deps import Reader, ServicesDep
+from bulletin.api.deps import ServicesDep
 from bulletin.api.problems import responses
+from bulletin.orgs.auth import Reader
 from bulletin.orgs.keys import Scope
 from bulletin.sandbox import repository, schemas
 
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"], responses=responses(4
 @router.get("/messages", response_model=schemas.SandboxPage)
 async def list_sandbox_messages(
     principal: Reader,
-    svc: ServicesDep,
+    services: ServicesDep,
     message_id: uuid.UUID | None = None,
     limit: Limit = 100,
     cursor: Cursor = None,
@@ -27,7 +28,7 @@ async def list_sandbox_messages(
 
     People's preference links are shown to keys that can send; a ``read`` key gets
     ``preference_url: null`` and every ``/p/<token>`` in the content as ``/p/[redacted]``."""
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         found = await repository.page(
             session, principal.org_id, message_id=message_id, cursor=cursor, limit=limit
         )

@@ -1,7 +1,7 @@
 """The preference centre: a page where a person chooses how an organization reaches them.
 
-Every message can carry the person's preference link (see :mod:`bulletin.web.links`). The page
-needs no account: the signed link is the credential. ``GET /p/<token>`` shows the current
+Every message can carry the person's preference link (see :mod:`bulletin.recipients.links`).
+The page needs no account: the signed link is the credential. ``GET /p/<token>`` shows the current
 choices (channels, topics, quiet hours and their time zone); ``POST /p/<token>`` saves them
 through the recipients service, with the same validation as the API's
 ``PUT /v1/recipients/{id}/preferences``, and shows a confirmation. The form carries a field
@@ -34,12 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.api.deps import ServicesDep
 from bulletin.crypto import signing_key
-from bulletin.messages import repository as messages
-from bulletin.orgs.models import Organization
+from bulletin.deliveries import repository as deliveries
+from bulletin.orgs import repository as orgs
 from bulletin.recipients import schemas, service
+from bulletin.recipients.addresses import CHANNELS, address_of, explicit_choice
+from bulletin.recipients.links import form_check, token_is_valid, token_recipient_id
 from bulletin.recipients.models import Recipient
 from bulletin.recipients.validation import check_category, time_zones
-from bulletin.web.links import form_check, token_is_valid, token_recipient_id
 from bulletin.web.rendering import render
 
 log = structlog.get_logger("bulletin.web.preferences")
@@ -64,12 +65,12 @@ _FORM_REFUSED = (
 CategoryQuery = Annotated[str | None, Query(max_length=64)]
 
 
-async def _signing_key(request: Request, svc: ServicesDep) -> bytes:
+async def _signing_key(request: Request, services: ServicesDep) -> bytes:
     # Read once per app: the key never changes once made, and reading it is a write
     # transaction (it is made on first use), which a page view should not cost.
     key: bytes | None = getattr(request.app.state, "link_signing_key", None)
     if key is None:
-        key = await signing_key(svc.db)
+        key = await signing_key(services.db)
         request.app.state.link_signing_key = key
     return key
 
@@ -117,15 +118,14 @@ def refused_page(reason: str = _NOT_VALID, status: int = 404) -> HTMLResponse:
 
 def _reachable_channels(recipient: Recipient) -> list[str]:
     """Channels the person has an address for; only those are offered."""
-    addresses = {"email": recipient.email, "sms": recipient.phone, "whatsapp": recipient.whatsapp}
-    return [channel for channel in service.CHANNELS if addresses[channel]]
+    return [channel for channel in CHANNELS if address_of(recipient, channel)]
 
 
 async def _categories(session: AsyncSession, recipient: Recipient) -> list[str]:
     """The topics the page offers: those of messages this person was sent, and those they
     have a choice stored for; never the organization's other topics, which the link's holder
     has no business learning."""
-    sent = await messages.categories_sent_to(session, recipient.org_id, recipient.id)
+    sent = await deliveries.categories_sent_to(session, recipient.org_id, recipient.id)
     return sorted({*sent, *recipient.categories})
 
 
@@ -144,7 +144,7 @@ def _stored_view(recipient: Recipient, categories: Iterable[str]) -> FormView:
 
 async def _page(
     session: AsyncSession,
-    svc: ServicesDep,
+    services: ServicesDep,
     recipient: Recipient,
     key: bytes,
     token: str,
@@ -154,7 +154,7 @@ async def _page(
     errors: list[str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    org = await session.get(Organization, recipient.org_id)
+    org = await orgs.get_organization(session, recipient.org_id)
     if view is None:
         view = _stored_view(recipient, await _categories(session, recipient))
     return render(
@@ -166,20 +166,20 @@ async def _page(
         form=view,
         check=form_check(key, token),
         zones=time_zones(),
-        default_timezone=svc.settings.default_timezone,
+        default_timezone=services.settings.default_timezone,
         saved=saved,
         errors=errors or [],
     )
 
 
 @router.get("/{token}", response_class=HTMLResponse)
-async def show(token: str, svc: ServicesDep, key: SigningKey) -> HTMLResponse:
+async def show(token: str, services: ServicesDep, key: SigningKey) -> HTMLResponse:
     """The person's current preferences, in a form."""
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         recipient = await _open(session, key, token)
         if recipient is None:
             return refused_page()
-        return await _page(session, svc, recipient, key, token)
+        return await _page(session, services, recipient, key, token)
 
 
 def _origins(request: Request, base_url: str) -> set[str]:
@@ -236,13 +236,8 @@ def _submitted(
     """
     offered = _reachable_channels(recipient)
     ticked = form.get("channel", [])
-    explicit = {
-        "whatsapp": recipient.pref_whatsapp,
-        "email": recipient.pref_email,
-        "sms": recipient.pref_sms,
-    }
     channels: dict[str, bool | None] = {
-        c: explicit[c] for c in service.CHANNELS if c not in offered
+        c: explicit_choice(recipient, c) for c in CHANNELS if c not in offered
     }
     channels.update({c: c in ticked for c in offered})
     channels.update({c: True for c in ticked if c not in offered})
@@ -274,7 +269,9 @@ def _submitted(
 
 
 @router.post("/{token}", response_class=HTMLResponse)
-async def save(token: str, request: Request, svc: ServicesDep, key: SigningKey) -> HTMLResponse:
+async def save(
+    token: str, request: Request, services: ServicesDep, key: SigningKey
+) -> HTMLResponse:
     """Save the preferences the form sends, or show what is wrong and change nothing."""
     raw = await request.form()
     form: dict[str, list[str]] = {}
@@ -283,13 +280,13 @@ async def save(token: str, request: Request, svc: ServicesDep, key: SigningKey) 
         if values is None:
             return refused_page(_FORM_REFUSED, 400)
         form[name] = values
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         recipient = await _open(session, key, token)
         if recipient is None:
             return refused_page()
         origin = request.headers.get("origin")
         check = (form["check"] or [""])[0]
-        if (origin is not None and origin not in _origins(request, svc.settings.base_url)) or (
+        if (origin is not None and origin not in _origins(request, services.settings.base_url)) or (
             not hmac.compare_digest(check, form_check(key, token))
         ):
             log.info("preferences.form_refused", recipient_id=recipient.id, cross_site=origin)
@@ -300,15 +297,15 @@ async def save(token: str, request: Request, svc: ServicesDep, key: SigningKey) 
         except ValidationError as exc:
             log.info("preferences.invalid", recipient_id=recipient.id, errors=exc.error_count())
             return await _page(
-                session, svc, recipient, key, token, view, errors=_error_lines(exc), status=422
+                session, services, recipient, key, token, view, errors=_error_lines(exc), status=422
             )
         await service.set_own_preferences(session, recipient, choices)
         log.info("preferences.saved", recipient_id=recipient.id, org_id=str(recipient.org_id))
-        return await _page(session, svc, recipient, key, token, saved=True)
+        return await _page(session, services, recipient, key, token, saved=True)
 
 
-def _link(svc: ServicesDep, token: str) -> str:
-    return f"{svc.settings.base_url.rstrip('/')}/p/{token}"
+def _link(services: ServicesDep, token: str) -> str:
+    return f"{services.settings.base_url.rstrip('/')}/p/{token}"
 
 
 def _what(category: str | None) -> str:
@@ -339,23 +336,23 @@ def unsubscribe_page(
 
 @router.get("/{token}/unsubscribe", response_class=HTMLResponse)
 async def confirm_unsubscribe(
-    token: str, svc: ServicesDep, key: SigningKey, category: CategoryQuery = None
+    token: str, services: ServicesDep, key: SigningKey, category: CategoryQuery = None
 ) -> HTMLResponse:
     """A button to unsubscribe; opening the link alone changes nothing."""
     valid, category = _checked_category(category)
-    async with svc.db.read() as session:
+    async with services.db.read() as session:
         if not valid or await _open(session, key, token) is None:
             return refused_page()
-    return unsubscribe_page(done=False, category=category, preferences_url=_link(svc, token))
+    return unsubscribe_page(done=False, category=category, preferences_url=_link(services, token))
 
 
 @router.post("/{token}/unsubscribe", response_class=HTMLResponse)
 async def unsubscribe(
-    token: str, svc: ServicesDep, key: SigningKey, category: CategoryQuery = None
+    token: str, services: ServicesDep, key: SigningKey, category: CategoryQuery = None
 ) -> HTMLResponse:
     """Unsubscribe: the page's button, or a mail client's RFC 8058 one-click POST."""
     valid, category = _checked_category(category)
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         recipient = await _open(session, key, token) if valid else None
         if recipient is None:
             return refused_page()
@@ -366,4 +363,4 @@ async def unsubscribe(
             org_id=str(recipient.org_id),
             category=category,
         )
-    return unsubscribe_page(done=True, category=category, preferences_url=_link(svc, token))
+    return unsubscribe_page(done=True, category=category, preferences_url=_link(services, token))

@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.api.deps import ServicesDep
 from bulletin.crypto import unsign
-from bulletin.deliveries.models import Delivery
+from bulletin.deliveries import repository as deliveries
+from bulletin.messages import repository as messages
 from bulletin.messages.models import Message
+from bulletin.recipients import repository as recipients
 from bulletin.recipients import service
 from bulletin.recipients.models import Recipient
 from bulletin.web.preferences import SigningKey, refused_page, unsubscribe_page
@@ -34,19 +36,19 @@ async def _target(
     payload = unsign(key, token)
     if payload is None or not payload.isdigit() or len(payload) > 18:
         return None
-    delivery = await session.get(Delivery, int(payload))
+    delivery = await deliveries.by_id(session, int(payload))
     if delivery is None:
         return None
-    recipient = await session.get(Recipient, delivery.recipient_id)
-    message = await session.get(Message, delivery.message_id)
+    recipient = await recipients.by_id(session, delivery.recipient_id)
+    message = await messages.by_id(session, delivery.message_id)
     if recipient is None or message is None:
         return None
     return recipient, message
 
 
 @router.get("/{token}", response_class=HTMLResponse)
-async def confirm(token: str, svc: ServicesDep, key: SigningKey) -> HTMLResponse:
-    async with svc.db.read() as session:
+async def confirm(token: str, services: ServicesDep, key: SigningKey) -> HTMLResponse:
+    async with services.db.read() as session:
         target = await _target(session, key, token)
     if target is None:
         return refused_page(_INVALID)
@@ -54,8 +56,8 @@ async def confirm(token: str, svc: ServicesDep, key: SigningKey) -> HTMLResponse
 
 
 @router.post("/{token}", response_class=HTMLResponse)
-async def unsubscribe(token: str, svc: ServicesDep, key: SigningKey) -> HTMLResponse:
-    async with svc.db.transaction() as session:
+async def unsubscribe(token: str, services: ServicesDep, key: SigningKey) -> HTMLResponse:
+    async with services.db.transaction() as session:
         target = await _target(session, key, token)
         if target is None:
             return refused_page(_INVALID)

@@ -2,7 +2,7 @@
 
 Each provider account has its own URL, named by its account key (an organization's id for the
 organization's own account, ``default`` for the installation-wide one from the environment;
-see :func:`bulletin.webhooks.accounts.webhook_path`):
+see :func:`bulletin.channels.accounts.webhook_path`):
 
 * ``/v1/webhooks/whatsapp/{account}``: Meta's verification handshake (GET, that account's
   verify token) and notifications (POST, ``X-Hub-Signature-256`` with its app secret).
@@ -41,10 +41,10 @@ from fastapi.responses import PlainTextResponse
 from bulletin.api.deps import ServicesDep
 from bulletin.api.problems import problem, responses
 from bulletin.channels import twilio, whatsapp
+from bulletin.channels.accounts import DEFAULT_ACCOUNT
 from bulletin.channels.base import Inbound, Receipt
 from bulletin.channels.configs import TwilioConfig, WhatsAppCloudConfig
 from bulletin.webhooks import service
-from bulletin.webhooks.accounts import DEFAULT_ACCOUNT
 
 log = structlog.get_logger("bulletin.webhooks")
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -105,10 +105,10 @@ def _not_ours(provider: str, header: str) -> Response:
 
 
 async def _whatsapp_verify(
-    svc: ServicesDep, key: str, mode: str | None, token: str | None, challenge: str | None
+    services: ServicesDep, key: str, mode: str | None, token: str | None, challenge: str | None
 ) -> Response:
-    async with svc.db.read() as session:
-        account = await service.find_account(session, svc.settings, "whatsapp", key)
+    async with services.db.read() as session:
+        account = await service.find_account(session, services.settings, "whatsapp", key)
     expected = (
         account.config.verify_token
         if account is not None and isinstance(account.config, WhatsAppCloudConfig)
@@ -127,21 +127,21 @@ async def _whatsapp_verify(
 
 @router.get("/whatsapp", response_class=PlainTextResponse, responses=responses(403, 422, 503))
 async def whatsapp_verify(
-    svc: ServicesDep,
+    services: ServicesDep,
     mode: Annotated[str | None, Query(alias="hub.mode")] = None,
     token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
     challenge: Annotated[str | None, Query(alias="hub.challenge", max_length=200)] = None,
 ) -> Response:
     """Meta's subscription handshake for the ``default`` account (kept for URLs given to Meta
     before accounts had their own)."""
-    return await _whatsapp_verify(svc, DEFAULT_ACCOUNT, mode, token, challenge)
+    return await _whatsapp_verify(services, DEFAULT_ACCOUNT, mode, token, challenge)
 
 
 @router.get(
     "/whatsapp/{account}", response_class=PlainTextResponse, responses=responses(403, 422, 503)
 )
 async def whatsapp_account_verify(
-    svc: ServicesDep,
+    services: ServicesDep,
     account: Annotated[str, Path(**_ACCOUNT_PARAMETER)],
     mode: Annotated[str | None, Query(alias="hub.mode")] = None,
     token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
@@ -149,14 +149,14 @@ async def whatsapp_account_verify(
 ) -> Response:
     """Meta's subscription handshake: echo the challenge when the verify token is the
     account's."""
-    return await _whatsapp_verify(svc, account, mode, token, challenge)
+    return await _whatsapp_verify(services, account, mode, token, challenge)
 
 
-async def _whatsapp_notify(request: Request, svc: ServicesDep, key: str) -> Response:
+async def _whatsapp_notify(request: Request, services: ServicesDep, key: str) -> Response:
     raw = await request.body()
     signature = request.headers.get(whatsapp.SIGNATURE_HEADER)
-    async with svc.db.read() as session:
-        account = await service.find_account(session, svc.settings, "whatsapp", key)
+    async with services.db.read() as session:
+        account = await service.find_account(session, services.settings, "whatsapp", key)
     config = account.config if account is not None else None
     secret = config.app_secret if isinstance(config, WhatsAppCloudConfig) else None
     if (
@@ -176,7 +176,7 @@ async def _whatsapp_notify(request: Request, svc: ServicesDep, key: str) -> Resp
     except (ValueError, RecursionError) as exc:
         # RecursionError: arrays nested deeper than the parser goes are not a notification.
         return problem(400, "bad-request", "Bad Request", f"Not a WhatsApp notification: {exc}")
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         done = await service.apply(session, account, parsed.receipts, parsed.inbound)
     log.info(
         "webhooks.whatsapp",
@@ -205,10 +205,10 @@ _WHATSAPP_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_WHATSAPP_RESPONSES,
     openapi_extra=_WHATSAPP_BODY,
 )
-async def whatsapp_notify(request: Request, svc: ServicesDep) -> Response:
+async def whatsapp_notify(request: Request, services: ServicesDep) -> Response:
     """Notifications for the ``default`` account (kept for URLs given to Meta before accounts
     had their own); an organization's own account posts to ``/v1/webhooks/whatsapp/{id}``."""
-    return await _whatsapp_notify(request, svc, DEFAULT_ACCOUNT)
+    return await _whatsapp_notify(request, services, DEFAULT_ACCOUNT)
 
 
 @router.post(
@@ -218,10 +218,10 @@ async def whatsapp_notify(request: Request, svc: ServicesDep) -> Response:
     openapi_extra=_WHATSAPP_BODY,
 )
 async def whatsapp_account_notify(
-    request: Request, svc: ServicesDep, account: Annotated[str, Path(**_ACCOUNT_PARAMETER)]
+    request: Request, services: ServicesDep, account: Annotated[str, Path(**_ACCOUNT_PARAMETER)]
 ) -> Response:
     """Statuses (sent, delivered, read, failed) and inbound messages of one account."""
-    return await _whatsapp_notify(request, svc, account)
+    return await _whatsapp_notify(request, services, account)
 
 
 def _public_url(request: Request, base_url: str) -> str:
@@ -232,14 +232,14 @@ def _public_url(request: Request, base_url: str) -> str:
     return url
 
 
-async def _twilio_callback(request: Request, svc: ServicesDep, key: str) -> Response:
+async def _twilio_callback(request: Request, services: ServicesDep, key: str) -> Response:
     form = await request.form()
     params = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     fields = dict(params)
-    async with svc.db.read() as session:
-        account = await service.find_account(session, svc.settings, "sms", key)
+    async with services.db.read() as session:
+        account = await service.find_account(session, services.settings, "sms", key)
     config = account.config if account is not None else None
-    url = _public_url(request, svc.settings.base_url)
+    url = _public_url(request, services.settings.base_url)
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     settings = request.headers.get(twilio.SIGNATURE_SETTINGS_HEADER)
     if (
@@ -269,7 +269,7 @@ async def _twilio_callback(request: Request, svc: ServicesDep, key: str) -> Resp
     inbound = twilio.parse_inbound(fields)
     found: list[Receipt] = [receipt] if receipt is not None else []
     messages: list[Inbound] = [inbound] if inbound is not None else []
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         done = await service.apply(session, account, found, messages)
     log.info(
         "webhooks.twilio",
@@ -293,11 +293,11 @@ _TWILIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/twilio", response_class=Response, responses=_TWILIO_RESPONSES, openapi_extra=_TWILIO_BODY
 )
-async def twilio_callback(request: Request, svc: ServicesDep) -> Response:
+async def twilio_callback(request: Request, services: ServicesDep) -> Response:
     """Callbacks for the ``default`` account (kept for status callbacks and inbound URLs given
     before accounts had their own); an organization's own account posts to
     ``/v1/webhooks/twilio/{id}``."""
-    return await _twilio_callback(request, svc, DEFAULT_ACCOUNT)
+    return await _twilio_callback(request, services, DEFAULT_ACCOUNT)
 
 
 @router.post(
@@ -307,8 +307,8 @@ async def twilio_callback(request: Request, svc: ServicesDep) -> Response:
     openapi_extra=_TWILIO_BODY,
 )
 async def twilio_account_callback(
-    request: Request, svc: ServicesDep, account: Annotated[str, Path(**_ACCOUNT_PARAMETER)]
+    request: Request, services: ServicesDep, account: Annotated[str, Path(**_ACCOUNT_PARAMETER)]
 ) -> Response:
     """Status callbacks of one account's SMS (``?delivery=`` names the delivery) and inbound
     SMS to its numbers."""
-    return await _twilio_callback(request, svc, account)
+    return await _twilio_callback(request, services, account)

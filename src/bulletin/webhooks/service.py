@@ -1,7 +1,7 @@
 """Which provider account a webhook comes from, which organizations it speaks for, and
 applying what it reports.
 
-A webhook URL names one account by its key (see :mod:`bulletin.webhooks.accounts`), and only
+A webhook URL names one account by its key (see :mod:`bulletin.channels.accounts`), and only
 that account's secret verifies a post to it. An organization's own account speaks for that
 organization only; the environment's (``default``) for every organization that has no account
 of its own on that channel. The payload's own idea of the account (``phone_number_id``,
@@ -17,11 +17,13 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bulletin.channels.accounts import DEFAULT_ACCOUNT, ROUTES, Route, parse_account_key
 from bulletin.channels.base import Inbound, Receipt
 from bulletin.channels.configs import (
     AnyProviderConfig,
     TwilioConfig,
     WhatsAppCloudConfig,
+    from_settings,
 )
 from bulletin.config import Settings
 from bulletin.crypto import SecretBox, SecretKeyError
@@ -31,7 +33,6 @@ from bulletin.errors import Conflict
 from bulletin.providers import repository as providers
 from bulletin.providers.service import open_config, secret_box
 from bulletin.webhooks import repository
-from bulletin.webhooks.accounts import DEFAULT_ACCOUNT, ROUTES, Route, parse_account_key
 
 log = structlog.get_logger("bulletin.webhooks")
 
@@ -72,7 +73,7 @@ async def find_account(
         return None
     config: AnyProviderConfig | None
     if key == DEFAULT_ACCOUNT:
-        config = settings.provider_configs().get(channel)
+        config = from_settings(settings).get(channel)
         if config is None or config.provider != route.provider:
             return None
         orgs = tuple(await repository.orgs_without_own(session, channel))

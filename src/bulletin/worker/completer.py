@@ -16,11 +16,12 @@ import time
 
 import structlog
 
-from bulletin.backoff import Backoff
-from bulletin.db import Database, describe, is_unavailable, utcnow
-from bulletin.deliveries import repository
+from bulletin.backoff import Backoff, log_failure
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import queue
+from bulletin.deliveries.metrics import count_completions
 from bulletin.deliveries.outcomes import Outcome
-from bulletin.metrics import FENCED_OUT, count_completions
+from bulletin.metrics import FENCED_OUT
 
 log = structlog.get_logger("bulletin.worker")
 
@@ -53,23 +54,17 @@ class Completer:
                 await self._flush_once()
             except Exception as exc:
                 # Never give up on an outcome: this task ending would strand every later one.
-                delay = backoff.failed()
-                self._failed(exc, retry_in=round(delay, 2))
+                delay = backoff.failed_after(
+                    exc,
+                    log,
+                    outage="worker.complete_failed",
+                    defect="worker.complete_error",
+                    waiting=len(self._outcomes),
+                )
                 await asyncio.sleep(delay)
                 continue
             if failures := backoff.succeeded():
                 log.info("worker.complete_resumed", failures=failures)
-
-    def _failed(self, exc: Exception, **fields: object) -> None:
-        if is_unavailable(exc):
-            log.warning(
-                "worker.complete_failed",
-                error=describe(exc),
-                waiting=len(self._outcomes),
-                **fields,
-            )
-        else:
-            log.exception("worker.complete_error", waiting=len(self._outcomes), **fields)
 
     async def _flush_once(self) -> None:
         batch = self._outcomes[: self._max_batch]
@@ -78,7 +73,7 @@ class Completer:
             self._idle.set()
             return
         async with self._db.transaction() as session:
-            applied = await repository.complete(session, batch, utcnow())
+            applied = await queue.complete(session, batch, utcnow())
         del self._outcomes[: len(batch)]
         self.applied += len(applied)
         count_completions(applied)
@@ -98,7 +93,13 @@ class Completer:
             try:
                 await self._flush_once()
             except Exception as exc:
-                self._failed(exc)
+                log_failure(
+                    log,
+                    exc,
+                    outage="worker.complete_failed",
+                    defect="worker.complete_error",
+                    waiting=len(self._outcomes),
+                )
                 await asyncio.sleep(0.2)
         return not self._outcomes
 

@@ -13,16 +13,19 @@ pacing costs one round trip per group, not per message.
   late, by a different amount.
 * A slot is only reserved within a short horizon (2 s); a send whose slot would come later is
   given back to the queue, so that no lease is spent waiting. It comes due again at its place
-  in a second schedule of the account (:func:`queue_later`): sends given back by all workers
-  come due one after the other, at the account's rate, not all at once.
+  in a second schedule of the account (:func:`~bulletin.worker.repository.queue_later`):
+  sends given back by all workers come due one after the other, at the account's rate, not
+  all at once.
 * :meth:`Pacer.slow_down` pushes the account's next slot past a pause (a rate-limit answer, a
   ``Retry-After``): every worker then waits, instead of one message retrying in a tight loop.
   Sends of this process already holding a slot are paused too; other processes may still
   use the slots they reserved before the pause, at most one horizon's worth.
 * :meth:`Pacer.claim_pair` spaces messages to one address (WhatsApp's pair rate limit). A
   send refused for the account's rate or for a closed window reached nobody, and gives its
-  pair slot back (:func:`give_back_pair`): its retry is not held for the interval by a message
-  the person never got.
+  pair slot back (:meth:`Pacer.give_back_pair`): its retry is not held for the interval by a
+  message the person never got.
+
+The queries are in :mod:`bulletin.worker.repository`.
 """
 
 from __future__ import annotations
@@ -32,15 +35,13 @@ import datetime as dt
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, delete, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.channels.base import Provider
-from bulletin.db import Database, upsert_statement, utcnow
-from bulletin.worker.models import PacingSlot, PairSlot
+from bulletin.db import Database, utcnow
+from bulletin.worker import repository
+from bulletin.worker.repository import PairHold
 
 log = structlog.get_logger("bulletin.pacing")
 
@@ -57,8 +58,6 @@ LATE_SECONDS = 0.020
 BACKLOG_SECONDS = 0.5
 #: Slots a send may miss before it goes back to the queue.
 _TRIES = 2
-#: Names an account's schedule of sends given back (see :func:`queue_later`).
-LATER_SUFFIX = " (later)"
 #: Sends given back come due in groups this far apart, so that one claim takes each group.
 _LATER_GRAIN_SECONDS = 0.1
 #: The most by which reservations are made ahead of time for the round trip they take.
@@ -70,133 +69,6 @@ class Later:
     """No slot within the horizon; come back at ``at``."""
 
     at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class PairHold:
-    """The right to send to ``address`` from ``account``, taken at ``taken_at``: the pair slot
-    was moved to ``until``, one pair interval later."""
-
-    account: str
-    address: str
-    taken_at: dt.datetime
-    until: dt.datetime
-
-
-async def _lock_slot(session: AsyncSession, account: str, now: dt.datetime) -> PacingSlot:
-    query = select(PacingSlot).where(PacingSlot.account == account).with_for_update()
-    row = (await session.execute(query)).scalar_one_or_none()
-    if row is not None:
-        return row
-    # The account's first send: make its row (another worker may be making it too).
-    insert = upsert_statement(session, PacingSlot).values(account=account, next_slot_at=now)
-    await session.execute(insert.on_conflict_do_nothing())
-    return (await session.execute(query)).scalar_one()
-
-
-async def reserve(
-    session: AsyncSession,
-    account: str,
-    rate: float,
-    count: int,
-    now: dt.datetime,
-    horizon: dt.timedelta,
-) -> tuple[list[dt.datetime], dt.datetime]:
-    """Reserve up to ``count`` slots starting no later than ``now + horizon``.
-
-    Returns the reserved slot times (possibly fewer than asked) and the account's next free
-    slot after them.
-    """
-    row = await _lock_slot(session, account, now)
-    start = max(row.next_slot_at, now)
-    gap = dt.timedelta(seconds=1 / rate)
-    slots: list[dt.datetime] = []
-    while len(slots) < count and start + gap * len(slots) <= now + horizon:
-        slots.append(start + gap * len(slots))
-    row.next_slot_at = start + gap * len(slots)
-    await session.flush()
-    return slots, row.next_slot_at
-
-
-async def queue_later(
-    session: AsyncSession, account: str, count: int, not_before: dt.datetime, gap: dt.timedelta
-) -> list[dt.datetime]:
-    """Places for ``count`` sends given back for lack of a slot: ``gap`` apart, from
-    ``not_before`` or after the places already handed out, whichever is later.
-
-    The places are a second virtual schedule of the account (its row in ``pacing_slots`` is
-    the account's name with :data:`LATER_SUFFIX`). Sends given back by every worker come due
-    again one after the other at the account's rate, in the order they were given back,
-    rather than all at the same instant, when all but a few would find every slot taken and
-    be given back again.
-    """
-    if count <= 0:
-        return []
-    row = await _lock_slot(session, account + LATER_SUFFIX, not_before)
-    first = max(row.next_slot_at, not_before)
-    places = [first + gap * i for i in range(count)]
-    row.next_slot_at = first + gap * count
-    await session.flush()
-    return places
-
-
-async def push_back(session: AsyncSession, account: str, until: dt.datetime) -> None:
-    """No send on ``account`` before ``until``."""
-    row = await _lock_slot(session, account, until)
-    if row.next_slot_at < until:
-        row.next_slot_at = until
-    await session.flush()
-
-
-async def take_pair(
-    session: AsyncSession,
-    account: str,
-    address: str,
-    interval: dt.timedelta,
-    now: dt.datetime,
-) -> dt.datetime | None:
-    """Take the right to send to ``address`` now; ``None`` when taken, else when it is free."""
-    insert = upsert_statement(session, PairSlot).values(
-        account=account, address=address, free_at=now + interval
-    )
-    inserted = await session.execute(insert.on_conflict_do_nothing())
-    if not cast("CursorResult[Any]", inserted).rowcount:
-        query = (
-            select(PairSlot)
-            .where(PairSlot.account == account, PairSlot.address == address)
-            .with_for_update()
-        )
-        row = (await session.execute(query)).scalar_one()
-        if row.free_at > now:
-            return row.free_at
-        row.free_at = now + interval
-        await session.flush()
-    return None
-
-
-async def give_back_pair(session: AsyncSession, hold: PairHold) -> bool:
-    """Undo ``hold``, unless someone has taken the pair slot since; true when undone.
-
-    The slot goes back to ``hold.taken_at``: it was free then, so it had said that time or
-    earlier, and either lets the next message go at once.
-    """
-    statement = (
-        update(PairSlot)
-        .where(
-            PairSlot.account == hold.account,
-            PairSlot.address == hold.address,
-            PairSlot.free_at == hold.until,
-        )
-        .values(free_at=hold.taken_at)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.execute(statement)
-    return bool(cast("CursorResult[Any]", result).rowcount)
-
-
-async def forget_pairs(session: AsyncSession, before: dt.datetime) -> int:
-    result = await session.execute(delete(PairSlot).where(PairSlot.free_at < before))
-    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 class _Account:
@@ -289,14 +161,13 @@ class Pacer:
             start = utcnow() + dt.timedelta(seconds=self._lead)
             try:
                 async with self._db.transaction() as session:
-                    if self._db.is_postgres:
-                        # Every send waits for this commit. Slots are soft state: a crash may
-                        # forget the last few, which costs at most a short burst afterwards.
-                        await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    slots, after = await reserve(
+                    # Every send waits for this commit. Slots are soft state: a crash may
+                    # forget the last few, which costs at most a short burst afterwards.
+                    await repository.commit_without_waiting(session)
+                    slots, after = await repository.reserve(
                         session, account, rate, len(group), start, self._horizon
                     )
-                    places = await queue_later(
+                    places = await repository.queue_later(
                         session, account, len(group) - len(slots), after, gap
                     )
             except Exception as exc:
@@ -333,9 +204,9 @@ class Pacer:
         if self._paused.get(provider.account, until) <= until:
             self._paused[provider.account] = until
         async with self._db.transaction() as session:
-            await push_back(session, provider.account, until)
+            await repository.push_back(session, provider.account, until)
             if give_back is not None:
-                await give_back_pair(session, give_back)
+                await repository.give_back_pair(session, give_back)
         log.warning("pacing.slowed_down", account=provider.account, seconds=seconds)
 
     async def claim_pair(self, provider: Provider, address: str) -> PairHold | Later | None:
@@ -348,7 +219,7 @@ class Pacer:
         async with self._db.transaction() as session:
             # Read once the transaction holds its connection: the interval runs from the send.
             now = utcnow()
-            busy_until = await take_pair(session, provider.account, address, gap, now)
+            busy_until = await repository.take_pair(session, provider.account, address, gap, now)
         if busy_until is not None:
             return Later(busy_until)
         return PairHold(provider.account, address, now, now + gap)
@@ -356,4 +227,4 @@ class Pacer:
     async def give_back_pair(self, hold: PairHold) -> None:
         """The send holding ``hold`` did not reach the person: free the pair slot it took."""
         async with self._db.transaction() as session:
-            await give_back_pair(session, hold)
+            await repository.give_back_pair(session, hold)

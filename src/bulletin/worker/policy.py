@@ -7,6 +7,9 @@
 * :func:`in_doubt` applies a channel's in-doubt policy to a send whose outcome is unknown.
 * :func:`window_closed` answers a WhatsApp refusal for a closed 24-hour window: send the
   template instead, or fail.
+
+:func:`~bulletin.worker.outcomes.outcome_after_send` applies these to every answer a provider
+call can end with.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ from bulletin.config import Settings
 from bulletin.deliveries.outcomes import SENDING_TEMPLATE, CloseWindow, Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.messages.templates import MessageTemplates
+from bulletin.recipients.addresses import address_of, unusable
 from bulletin.recipients.models import Recipient
-
-_NOUN = {"whatsapp": "WhatsApp number", "email": "email address", "sms": "phone number"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,34 +63,6 @@ class Defer:
 
 
 Decision = Send | Suppress | Defer
-
-
-def address_of(recipient: Recipient, channel: str) -> str | None:
-    return {"whatsapp": recipient.whatsapp, "email": recipient.email, "sms": recipient.phone}.get(
-        channel
-    )
-
-
-def _explicit_choice(recipient: Recipient, channel: str) -> bool | None:
-    return {
-        "whatsapp": recipient.pref_whatsapp,
-        "email": recipient.pref_email,
-        "sms": recipient.pref_sms,
-    }.get(channel)
-
-
-def unusable(
-    recipient: Recipient, channel: str, is_suppressed: Callable[[str, str], bool]
-) -> str | None:
-    """Why the recipient cannot be reached on ``channel``, or ``None`` when they can."""
-    address = address_of(recipient, channel)
-    if address is None:
-        return f"no {_NOUN.get(channel, channel + ' address')}"
-    if _explicit_choice(recipient, channel) is False:
-        return f"{channel} turned off by the recipient"
-    if is_suppressed(channel, address):
-        return f"{_NOUN[channel]} is on the suppression list"
-    return None
 
 
 def decide(
@@ -233,14 +207,16 @@ def in_doubt(
     now: dt.datetime,
     why: str,
     channel: str | None = None,
+    rng: random.Random | None = None,
 ) -> Outcome:
     """The outcome of a send that may or may not have reached the provider.
 
     Only a provider that recognises a repeated delivery id may be tried again; for any other,
-    the delivery becomes ``unknown`` and is never resent automatically.
+    the delivery becomes ``unknown`` and is never resent automatically. ``rng`` draws the
+    retry's jitter.
     """
     if deduplicates:
-        retry_at = policy.after_transient(send_attempts, now)
+        retry_at = policy.after_transient(send_attempts, now, rng=rng)
         if retry_at is not None:
             return Outcome(
                 delivery_id,

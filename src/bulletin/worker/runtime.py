@@ -10,10 +10,10 @@ import structlog
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database
-from bulletin.web.links import PreferenceLinks
+from bulletin.recipients.links import PreferenceLinks
+from bulletin.signals import Hub, Listener, Notifier, Work
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
-from bulletin.worker.signals import Hub, Listener, Notifier, Work
 
 log = structlog.get_logger("bulletin.worker")
 

@@ -19,15 +19,15 @@ import structlog
 from bulletin.backoff import Backoff
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
-from bulletin.db import Database, describe, is_unavailable, utcnow
-from bulletin.deliveries import audience
+from bulletin.db import Database, utcnow
+from bulletin.deliveries import audience, fallback, queue
 from bulletin.deliveries import repository as deliveries
-from bulletin.deliveries.states import MessageState
+from bulletin.deliveries.metrics import count_expired_leases
 from bulletin.messages import repository as messages
-from bulletin.metrics import count_expired_leases
-from bulletin.worker import pacing, policy
+from bulletin.messages.states import MessageState
+from bulletin.signals import Notifier, Wakeup, Work
+from bulletin.worker import policy, repository
 from bulletin.worker.policy import RetryPolicy
-from bulletin.worker.signals import Notifier, Wakeup, Work
 
 log = structlog.get_logger("bulletin.scheduler")
 
@@ -78,13 +78,9 @@ class Scheduler:
                     max(0.0, self._next_housekeeping - time.monotonic()),
                 )
             except Exception as exc:
-                timeout = backoff.failed()
-                if is_unavailable(exc):
-                    log.warning(
-                        "scheduler.tick_failed", error=describe(exc), retry_in=round(timeout, 2)
-                    )
-                else:
-                    log.exception("scheduler.tick_error", retry_in=round(timeout, 2))
+                timeout = backoff.failed_after(
+                    exc, log, outage="scheduler.tick_failed", defect="scheduler.tick_error"
+                )
             else:
                 if failures := backoff.succeeded():
                     log.info("scheduler.resumed", failures=failures)
@@ -116,7 +112,7 @@ class Scheduler:
         messages by a race with a cancel; returns how many rows changed."""
         async with self._db.transaction() as session:
             now = utcnow()
-            forgotten = await pacing.forget_pairs(session, now - dt.timedelta(hours=1))
+            forgotten = await repository.forget_pairs(session, now - dt.timedelta(hours=1))
             return forgotten + await deliveries.cancel_orphans(session, now)
 
     async def resolve_due(self) -> int:
@@ -151,7 +147,7 @@ class Scheduler:
         """Apply the in-doubt policy to sends whose lease ran out; returns how many."""
         async with self._db.transaction() as session:
             now = utcnow()
-            rows = await deliveries.expired_leases(session, now, _REAP_BATCH)
+            rows = await queue.expired_leases(session, now, _REAP_BATCH)
             outcomes = [
                 policy.in_doubt(
                     delivery_id=row.id,
@@ -164,7 +160,7 @@ class Scheduler:
                 )
                 for row in rows
             ]
-            applied = await deliveries.complete(session, outcomes, now)
+            applied = await queue.complete(session, outcomes, now)
         count_expired_leases(applied)
         if applied:
             settled = {o.delivery_id for o in applied}
@@ -179,16 +175,16 @@ class Scheduler:
         """Move people whose channel reported no delivery within ``fallback_after`` on."""
         async with self._db.transaction() as session:
             now = utcnow()
-            overdue = await deliveries.due_fallbacks(session, now, _REAP_BATCH)
+            overdue = await fallback.due_fallbacks(session, now, _REAP_BATCH)
             if not overdue:
                 return 0
-            made = await deliveries.fall_back_after_deadline(session, overdue, now)
+            made = await fallback.fall_back_after_deadline(session, overdue, now)
         log.info("scheduler.fell_back", overdue=len(overdue), new_deliveries=made)
         return made
 
     async def finish_messages(self) -> int:
         async with self._db.transaction() as session:
-            return await messages.finish_completed(session, utcnow())
+            return await deliveries.finish_completed(session, utcnow())
 
     async def _until_next_due(self) -> float:
         """Seconds until the next message is to be resolved, at most the poll interval.

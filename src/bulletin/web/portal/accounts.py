@@ -11,12 +11,12 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bulletin.db import utcnow
 from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
-from bulletin.orgs.models import Organization
+from bulletin.orgs import repository as orgs
+from bulletin.web.portal import repository
 from bulletin.web.portal.models import PortalSession, PortalUser
 from bulletin.web.portal.passwords import MIN_LENGTH, decoy_hash, hash_password, verify_password
 
@@ -80,16 +80,14 @@ async def create_user(
         errors.append(FieldError(("password",), f"at least {MIN_LENGTH} characters"))
     if errors:
         raise InvalidRequest("The portal user is not valid.", errors)
-    if await session.get(Organization, org_id) is None:
+    if not await orgs.organization_exists(session, org_id):
         raise NotFound(f"There is no organization {org_id}.")
-    taken = await session.execute(select(PortalUser.id).where(PortalUser.email == email))
-    if taken.first() is not None:
+    if await repository.email_taken(session, email):
         raise Conflict(f"There is already a portal user {email}.")
     user = PortalUser(
         org_id=org_id, email=email, name=name.strip(), password_hash=hash_password(password)
     )
-    session.add(user)
-    await session.flush()
+    await repository.add_user(session, user)
     return user
 
 
@@ -105,9 +103,7 @@ async def sign_in(
         email = normalize_email(email)
     except ValueError:
         email = ""
-    user = (
-        await session.execute(select(PortalUser).where(PortalUser.email == email))
-    ).scalar_one_or_none()
+    user = await repository.user_by_email(session, email)
     matches = verify_password(password, user.password_hash if user else decoy_hash())
     if user is None or not matches or user.disabled_at is not None:
         return None
@@ -116,29 +112,22 @@ async def sign_in(
     csrf_token = secrets.token_urlsafe(32)
     # A new sign-in ends every other session of the person (one stolen or left open elsewhere
     # stops working), and so expired ones go too.
-    await session.execute(delete(PortalSession).where(PortalSession.user_id == user.id))
-    session.add(
+    await repository.replace_sessions(
+        session,
         PortalSession(
             id=session_id(token),
             user_id=user.id,
             csrf_token=csrf_token,
             created_at=now,
             expires_at=now + lifetime,
-        )
+        ),
     )
-    await session.flush()
     return SignedIn(token=token, csrf_token=csrf_token, user=user)
 
 
 async def viewer(session: AsyncSession, token: str) -> Viewer | None:
     """Who holds ``token``, if it is a live session of an enabled user."""
-    row = (
-        await session.execute(
-            select(PortalSession, PortalUser)
-            .join(PortalUser, PortalUser.id == PortalSession.user_id)
-            .where(PortalSession.id == session_id(token))
-        )
-    ).first()
+    row = await repository.session_with_user(session, session_id(token))
     if row is None:
         return None
     portal_session, user = row
@@ -155,4 +144,4 @@ async def viewer(session: AsyncSession, token: str) -> Viewer | None:
 
 async def sign_out(session: AsyncSession, token: str) -> None:
     """End the session of ``token``: the cookie opens nothing from now on."""
-    await session.execute(delete(PortalSession).where(PortalSession.id == session_id(token)))
+    await repository.delete_session(session, session_id(token))

@@ -17,20 +17,17 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.bootstrap import Services
-from bulletin.channels.base import OutboundMessage
-from bulletin.channels.sms import measure, sms_text
-from bulletin.channels.smtp import html_from_text
-from bulletin.channels.whatsapp import text_body
+from bulletin.deliveries import progress as message_progress
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries import service as delivery_service
 from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import FieldError, InvalidRequest, RequestInProgress
 from bulletin.idempotency import service as idempotency
+from bulletin.messages import content, schemas, service, templates
 from bulletin.messages import repository as messages
-from bulletin.messages import schemas, service, templates
 from bulletin.messages.models import Message
 from bulletin.recipients.validation import check_timezone
+from bulletin.services import Services
 from bulletin.web.portal.render import PathId, PortalRoute, page
 from bulletin.web.portal.security import CheckedPost, Posted, SignedInUser
 
@@ -59,8 +56,8 @@ _TWIN_TRIES = 50
 
 
 def _svc(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
+    services: Services = request.app.state.services
+    return services
 
 
 def progress(message: Message, counts: dict[str, int]) -> dict[str, Any]:
@@ -154,7 +151,7 @@ async def audience_size(
     except ValidationError:
         return JSONResponse({"count": 0, "unknown": [], "error": "Choose who it goes to."})
     async with _svc(request).db.read() as session:
-        count, unknown = await service.count_audience(session, viewer.org_id, chosen)
+        count, unknown = await message_progress.count_audience(session, viewer.org_id, chosen)
     return JSONResponse({"count": count, "unknown": unknown[:20], "error": None})
 
 
@@ -206,37 +203,19 @@ def payload_of(form: Posted) -> dict[str, Any]:
 def previews(title: str, body: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Each channel's text as the channels render it, for a sample person."""
     try:
-        compiled = templates.MessageTemplates(title, body, overrides)
-        rendered = {c: compiled.render(c, templates.PROBE) for c in CHANNELS}
+        shown = content.previews(title, body, overrides)
     except templates.TemplateFailed as exc:
         return {"error": str(exc)}
-    sms = sms_text(rendered["sms"].title, rendered["sms"].body)
-    email = rendered["email"]
-    outbound = OutboundMessage(
-        delivery_id=0,
-        attempt=1,
-        org_id=uuid.UUID(int=0),
-        message_id=uuid.UUID(int=0),
-        channel="email",
-        address="probe@example.org",
-        recipient_external_id="probe",
-        recipient_name="Probe Person",
-        locale="en",
-        title=email.title,
-        body=email.body,
-        category=None,
-    )
-    length = measure(sms)
     return {
         "error": None,
         "sms": {
-            "text": sms,
-            "characters": length.characters,
-            "encoding": length.encoding,
-            "segments": length.segments,
+            "text": shown.sms,
+            "characters": shown.sms_length.characters,
+            "encoding": shown.sms_length.encoding,
+            "segments": shown.sms_length.segments,
         },
-        "whatsapp": text_body(rendered["whatsapp"].title, rendered["whatsapp"].body),
-        "email_html": email.html if email.html is not None else html_from_text(outbound),
+        "whatsapp": shown.whatsapp,
+        "email_html": shown.email_html,
     }
 
 
@@ -272,13 +251,13 @@ async def compose(viewer: SignedInUser) -> Response:
 
 
 async def _create_once(
-    svc: Services, org_id: uuid.UUID, body: schemas.AnnouncementIn, key: str
+    services: Services, org_id: uuid.UUID, body: schemas.AnnouncementIn, key: str
 ) -> tuple[str, bool]:
     """The id of the announcement made for ``key`` (made now unless it was already), and
     whether it was made now. Without a key (a form from before keys), it is always made now."""
 
     async def make(session: AsyncSession) -> idempotency.StoredAnswer:
-        count, unknown = await service.count_audience(session, org_id, body.audience)
+        count, unknown = await message_progress.count_audience(session, org_id, body.audience)
         if count == 0 and not unknown:
             raise InvalidRequest(
                 "The audience reaches nobody: choose other groups or add recipients first.",
@@ -291,7 +270,7 @@ async def _create_once(
 
     for _ in range(_TWIN_TRIES):
         try:
-            async with svc.db.transaction() as session:
+            async with services.db.transaction() as session:
                 if not key:
                     answer, replayed = await make(session), False
                 else:
@@ -321,13 +300,15 @@ async def create(request: Request, posted: CheckedPost) -> Response:
             shown = previews(payload["title"], payload["body"], payload.get("overrides", {}))
             return _compose(viewer, values, preview=shown)
         body = schemas.AnnouncementIn.model_validate(payload)
-        svc = _svc(request)
-        message_id, made = await _create_once(svc, viewer.org_id, body, posted.text(ONCE_FIELD))
+        services = _svc(request)
+        message_id, made = await _create_once(
+            services, viewer.org_id, body, posted.text(ONCE_FIELD)
+        )
     except (ValidationError, InvalidRequest) as exc:
         return _compose(viewer, values, 422, problems=_problems(exc))
     location = f"/portal/announcements/{message_id}"
     if made:
-        svc.notifier.work_available()
+        services.notifier.work_available()
         log.info("portal.announcement_created", org_id=str(viewer.org_id), message_id=message_id)
     else:
         log.info("portal.announcement_sent_again", org_id=str(viewer.org_id), message_id=message_id)
@@ -380,13 +361,13 @@ async def detail(
 
 @router.post("/announcements/{message_id}/cancel")
 async def cancel(request: Request, posted: CheckedPost, message_id: uuid.UUID) -> Response:
-    svc = _svc(request)
-    async with svc.db.transaction() as session:
-        _, cancelled = await service.cancel(
+    services = _svc(request)
+    async with services.db.transaction() as session:
+        _, cancelled = await message_progress.cancel(
             session, posted.viewer.org_id, message_id, service.ANNOUNCEMENT
         )
-    in_flight = await service.wait_for_in_flight(
-        svc.db, message_id, svc.settings.cancel_wait_seconds
+    in_flight = await message_progress.wait_for_in_flight(
+        services.db, message_id, services.settings.cancel_wait_seconds
     )
     log.info("portal.announcement_cancelled", message_id=str(message_id), cancelled=cancelled)
     notice = f"Cancelled: {cancelled} deliveries will not start."
@@ -400,10 +381,10 @@ async def cancel(request: Request, posted: CheckedPost, message_id: uuid.UUID) -
 @router.post("/deliveries/{delivery_id}/resend")
 async def resend(request: Request, posted: CheckedPost, delivery_id: PathId) -> Response:
     """Send an ``unknown`` delivery again, deliberately."""
-    svc = _svc(request)
-    async with svc.db.transaction() as session:
+    services = _svc(request)
+    async with services.db.transaction() as session:
         delivery = await delivery_service.resend_unknown(session, posted.viewer.org_id, delivery_id)
-    svc.notifier.work_available()
+    services.notifier.work_available()
     log.info("portal.delivery_resent", delivery_id=delivery_id)
     notice = quote(f"Delivery {delivery_id} will be sent again.")
     return RedirectResponse(

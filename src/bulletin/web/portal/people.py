@@ -15,11 +15,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
-from bulletin.bootstrap import Services
 from bulletin.deliveries import repository as deliveries
 from bulletin.errors import InvalidRequest
 from bulletin.recipients import repository, service
 from bulletin.recipients.endpoints import ExternalIdPath
+from bulletin.services import Services
 from bulletin.web.portal.render import PortalRoute, page
 from bulletin.web.portal.security import CheckedPost, SignedInUser
 
@@ -34,8 +34,8 @@ COLUMNS = ("external_id", "name", "email", "phone", "whatsapp", "timezone", "loc
 
 
 def _svc(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
+    services: Services = request.app.state.services
+    return services
 
 
 @router.get("/recipients")
@@ -50,7 +50,7 @@ async def list_recipients(
         found = await repository.search(
             session,
             viewer.org_id,
-            text_=q.strip() or None,
+            term=q.strip() or None,
             group=group or None,
             offset=(page_number - 1) * PAGE_SIZE,
             limit=PAGE_SIZE + 1,
@@ -144,11 +144,11 @@ async def import_csv(request: Request, posted: CheckedPost) -> Response:
         await posted.form.close()
         return _unreadable(viewer, str(exc))
     await posted.form.close()
-    svc = _svc(request)
+    services = _svc(request)
     try:
-        async with svc.db.transaction() as session:
+        async with services.db.transaction() as session:
             result = await service.import_batch(
-                session, viewer.org_id, rows, svc.settings.default_phone_region
+                session, viewer.org_id, rows, services.settings.default_phone_region
             )
     except InvalidRequest as exc:
         log.info("portal.import_rejected", org_id=str(viewer.org_id), rows=len(rows))

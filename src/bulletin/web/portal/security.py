@@ -26,12 +26,12 @@ import structlog
 from fastapi import Depends, Request, Response
 from starlette.datastructures import FormData
 
-from bulletin.bootstrap import Services
 from bulletin.crypto import sign, signing_key, unsign
 from bulletin.errors import BulletinError
 from bulletin.ratelimits.middleware import client_address
 from bulletin.ratelimits.service import RateLimits
 from bulletin.ratelimits.signin import SignInGuard
+from bulletin.services import Services
 from bulletin.web.portal import accounts
 from bulletin.web.portal.accounts import Viewer
 
@@ -59,8 +59,8 @@ class SignInFormUsed(BulletinError):
 
 
 def _services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
+    services: Services = request.app.state.services
+    return services
 
 
 async def _key(request: Request) -> bytes:

@@ -9,9 +9,9 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from bulletin.bootstrap import Services
 from bulletin.errors import NotFound
 from bulletin.ratelimits.middleware import client_address
+from bulletin.services import Services
 from bulletin.web.portal import accounts
 from bulletin.web.portal.render import PortalRoute, page
 from bulletin.web.portal.security import (
@@ -71,7 +71,7 @@ async def sign_in(request: Request) -> Response:
     next_ = _next(str(form.get("next") or "/portal/"))
     if not isinstance(email, str) or not isinstance(password, str) or len(password) > 1000:
         return await _form(request, next_, 400, "Give an email and a password.")
-    svc: Services = request.app.state.services
+    services: Services = request.app.state.services
     address = client_address(request.scope)
     account = accounts.account_name(email)
     guard = sign_in_guard(request)
@@ -89,7 +89,7 @@ async def sign_in(request: Request) -> Response:
         )
         response.headers["Retry-After"] = str(admission.retry_after)
         return response
-    async with svc.db.transaction() as session:
+    async with services.db.transaction() as session:
         signed_in = await accounts.sign_in(session, email, password, SESSION_LIFETIME)
     if signed_in is None:
         # Never the password: the email and the address say who is trying, and from where.

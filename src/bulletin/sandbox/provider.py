@@ -16,9 +16,9 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from bulletin.channels.base import Accepted, OutboundMessage, Provider
-from bulletin.db import Database, upsert_statement, utcnow
+from bulletin.db import Database, utcnow
 from bulletin.errors import InDoubtSendError
-from bulletin.sandbox.models import SandboxMessage
+from bulletin.sandbox import repository
 
 log = structlog.get_logger("bulletin.sandbox")
 
@@ -103,10 +103,4 @@ class SandboxProvider(Provider):
             for m in first.values()
         ]
         async with self._db.transaction() as session:
-            statement = upsert_statement(session, SandboxMessage).values(rows)
-            statement = statement.on_conflict_do_update(
-                index_elements=["delivery_id"],
-                set_={"attempts": SandboxMessage.attempts + statement.excluded.attempts},
-            ).returning(SandboxMessage.id, SandboxMessage.delivery_id)
-            result = await session.execute(statement)
-            return {row.delivery_id: row.id for row in result}
+            return await repository.record(session, rows)

@@ -30,8 +30,8 @@ import asyncpg
 import structlog
 from sqlalchemy import text
 
-from bulletin.backoff import Backoff
-from bulletin.db import Database, describe, is_unavailable
+from bulletin.backoff import Backoff, log_failure
+from bulletin.db import Database
 
 log = structlog.get_logger("bulletin.signals")
 
@@ -101,10 +101,10 @@ def payload(origin: str, kinds: Iterable[Work]) -> str:
     return " ".join([origin, *sorted(kinds)])
 
 
-def parse_payload(text_: str) -> tuple[str | None, frozenset[Work]]:
+def parse_payload(payload: str) -> tuple[str | None, frozenset[Work]]:
     """The sender and the kinds of work of a NOTIFY payload; every kind when it names none
     (an empty payload, or one from a version that knows kinds this one does not)."""
-    words = text_.split()
+    words = payload.split()
     if not words:
         return None, EVERY_KIND
     known = {kind.value: kind for kind in Work}
@@ -145,10 +145,7 @@ class Notifier:
                     await conn.commit()
             except Exception as exc:
                 # A lost wake-up costs latency, never a message; this task must not end.
-                if is_unavailable(exc):
-                    log.warning("signals.notify_failed", error=describe(exc))
-                else:
-                    log.exception("signals.notify_error")
+                log_failure(log, exc, outage="signals.notify_failed", defect="signals.notify_error")
             await asyncio.sleep(self._min_interval)
 
 
@@ -164,8 +161,8 @@ class Listener:
         self._connect_timeout = db.connect_timeout
         self._hub = hub
 
-    def _heard(self, _conn: Any, _pid: int, _channel: str, text_: str) -> None:
-        origin, kinds = parse_payload(text_)
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        origin, kinds = parse_payload(payload)
         if origin != self._hub.origin:  # this process woke its own loops when it sent it
             self._hub.poke(kinds)
 
@@ -191,13 +188,13 @@ class Listener:
                 log.warning("signals.listen_lost", retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
             except Exception as exc:
-                delay = backoff.failed()
-                if is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
-                    log.warning(
-                        "signals.listen_failed", error=describe(exc), retry_in=round(delay, 2)
-                    )
-                else:
-                    log.exception("signals.listen_error", retry_in=round(delay, 2))
+                delay = backoff.failed_after(
+                    exc,
+                    log,
+                    outage="signals.listen_failed",
+                    defect="signals.listen_error",
+                    outage_also=(asyncpg.PostgresError,),
+                )
                 await asyncio.sleep(delay)
             finally:
                 if conn is not None and not conn.is_closed():
