@@ -3,7 +3,7 @@
 SQLite tests copy a file migrated once per session. PostgreSQL tests clone a template
 database migrated once per session (``CREATE DATABASE ... TEMPLATE``), which takes a fraction
 of a second. Outside CI, PostgreSQL tests skip with a reason when no server answers; in CI
-(``CI=true``) they fail instead, because skipping would hide the scale-out path.
+(:mod:`support.ci`) they fail instead, because skipping would hide the scale-out path.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from sqlalchemy.engine import make_url
 
 from bulletin import migrate
 from bulletin.app import create_app
-from bulletin.bootstrap import Services
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database
 from bulletin.orgs import service as orgs
 from bulletin.orgs.keys import Scope
+from bulletin.services import Services
+from support.ci import unavailable
 
 PG_URL = os.environ.get(
     "BULLETIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_HINT = (
     "PostgreSQL is not reachable at {url} ({error}). Start it with "
     "'pg_ctlcluster --skip-systemctl-redirect 15 main start', or point "
@@ -97,10 +97,7 @@ def postgres_template() -> Iterator[str]:
             )
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        message = PG_HINT.format(url=PG_URL, error=exc)
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(PG_HINT.format(url=PG_URL, error=exc))
     asyncio.run(_migrated(_pg_url_for(TEMPLATE)))
     yield TEMPLATE
     asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)'))

@@ -9,19 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api_helpers import (
-    add_people,
-    announce,
-    body_of,
-    deliveries_of,
-    every,
-    in_future,
-    notify,
-    person,
-    problem,
-    sandbox_of,
-    wait_for_state,
-)
 from bulletin.channels import twilio
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
 from bulletin.config import Settings
@@ -29,6 +16,9 @@ from bulletin.crypto import generate_key
 from bulletin.devservers.whatsapp import status_payload, webhook_body
 from bulletin.orgs.keys import Scope
 from conftest import Api, make_settings
+from support.http import body_of, every, get_deliveries, problem, sandbox_of
+from support.http_factories import in_future, notify, person_json, post_announcement, post_people
+from support.settling import wait_for_state
 
 ANNOUNCEMENT: dict[str, Any] = {"title": "Hello", "body": "Body", "audience": {"all": True}}
 
@@ -78,8 +68,8 @@ async def test_the_x_api_key_header_works_like_bearer(api: Api) -> None:
 
 
 async def test_a_read_key_can_read_but_not_write(api: Api) -> None:
-    await add_people(api, person(1))
-    message_id = await announce(api, send_at=in_future(3600))
+    await post_people(api, person_json(1))
+    message_id = await post_announcement(api, send_at=in_future(3600))
     read = Scope.READ
     for response in [
         await api.post("/v1/announcements", ANNOUNCEMENT, scope=read),
@@ -87,7 +77,7 @@ async def test_a_read_key_can_read_but_not_write(api: Api) -> None:
             "/v1/notifications", {"title": "t", "body": "b", "recipient": "p1"}, scope=read
         ),
         await api.post(f"/v1/announcements/{message_id}/cancel", scope=read),
-        await api.post("/v1/recipients/batch", {"recipients": [person(2)]}, scope=read),
+        await api.post("/v1/recipients/batch", {"recipients": [person_json(2)]}, scope=read),
         await api.put("/v1/recipients/p2", {"name": "x"}, scope=read),
         await api.put("/v1/recipients/p1/preferences", {"categories": {"a": False}}, scope=read),
         await api.delete("/v1/recipients/p1", scope=read),
@@ -116,13 +106,13 @@ async def test_send_and_admin_keys_can_post(api: Api) -> None:
 async def test_another_organizations_ids_are_404(live_api: Api) -> None:
     api = live_api
     other = await api.other_org()
-    await add_people(api, person(1, name="Mine"))
-    delivered = await announce(api)
+    await post_people(api, person_json(1, name="Mine"))
+    delivered = await post_announcement(api)
     notification = await notify(api, "p1")
     await wait_for_state(api, f"/v1/announcements/{delivered}", "completed")
     await wait_for_state(api, f"/v1/notifications/{notification}", "completed")
-    [delivery] = await deliveries_of(api, delivered)
-    waiting = await announce(api, send_at=in_future(3600))
+    [delivery] = await get_deliveries(api, delivered)
+    waiting = await post_announcement(api, send_at=in_future(3600))
     waiting_note = await notify(api, "p1", send_at=in_future(3600))
 
     for path in [
@@ -166,10 +156,10 @@ async def test_another_organizations_ids_are_404(live_api: Api) -> None:
 async def test_lists_never_show_another_organizations_items(live_api: Api) -> None:
     api = live_api
     other = await api.other_org()
-    await add_people(api, person(1), person(2))
-    await add_people(other, person(3), person(4, groups=["staff"]))
-    mine = await announce(api)
-    theirs = await announce(other)
+    await post_people(api, person_json(1), person_json(2))
+    await post_people(other, person_json(3), person_json(4, groups=["staff"]))
+    mine = await post_announcement(api)
+    theirs = await post_announcement(other)
     await wait_for_state(api, f"/v1/announcements/{mine}", "completed")
     await wait_for_state(other, f"/v1/announcements/{theirs}", "completed")
 
@@ -189,8 +179,8 @@ async def test_lists_never_show_another_organizations_items(live_api: Api) -> No
     assert await sandbox_of(api, theirs) == []
 
     # "Everyone" means everyone in the sender's organization.
-    assert sorted(d["recipient"] for d in await deliveries_of(api, mine)) == ["p1", "p2"]
-    assert sorted(d["recipient"] for d in await deliveries_of(other, theirs)) == ["p3", "p4"]
+    assert sorted(d["recipient"] for d in await get_deliveries(api, mine)) == ["p1", "p2"]
+    assert sorted(d["recipient"] for d in await get_deliveries(other, theirs)) == ["p3", "p4"]
 
 
 # --- G7 for every operation of the OpenAPI document ------------------------------------------
@@ -257,18 +247,22 @@ class Tenants:
 
 async def tenants(api: Api) -> Tenants:
     theirs = await api.other_org("Theirs")
-    await add_people(api, *(person(int(p[1:]), name="Mine", groups=[MY_GROUP]) for p in MY_PEOPLE))
-    await add_people(theirs, *(person(int(p[1:]), name="Theirs") for p in THEIR_PEOPLE))
-    announcement = await announce(api)
+    await post_people(
+        api, *(person_json(int(p[1:]), name="Mine", groups=[MY_GROUP]) for p in MY_PEOPLE)
+    )
+    await post_people(theirs, *(person_json(int(p[1:]), name="Theirs") for p in THEIR_PEOPLE))
+    announcement = await post_announcement(api)
     notification = await notify(api, "p1")
-    their_announcement = await announce(theirs)
+    their_announcement = await post_announcement(theirs)
     for who, path in [
         (api, f"/v1/announcements/{announcement}"),
         (api, f"/v1/notifications/{notification}"),
         (theirs, f"/v1/announcements/{their_announcement}"),
     ]:
         await wait_for_state(who, path, "completed")
-    [delivery, *_] = [d for d in await deliveries_of(api, announcement) if d["provider_message_id"]]
+    [delivery, *_] = [
+        d for d in await get_deliveries(api, announcement) if d["provider_message_id"]
+    ]
     # Provider accounts of my own, configured once everything above was sent by the sandbox.
     for channel, config in [("whatsapp", whatsapp_account("100", "my-secret")), ("sms", MY_TWILIO)]:
         response = await api.put(f"/v1/channels/{channel}", config, Scope.ADMIN)
@@ -277,7 +271,7 @@ async def tenants(api: Api) -> Tenants:
         mine=api,
         theirs=theirs,
         announcement=announcement,
-        scheduled=await announce(api, send_at=in_future(3600)),
+        scheduled=await post_announcement(api, send_at=in_future(3600)),
         notification=notification,
         scheduled_note=await notify(api, "p1", send_at=in_future(3600)),
         delivery=delivery,
@@ -329,7 +323,7 @@ async def put_recipient(t: Tenants) -> None:
 
 async def import_recipients(t: Tenants) -> None:
     before = await t.my_rows()
-    batch = {"recipients": [person(5, name="Theirs")]}
+    batch = {"recipients": [person_json(5, name="Theirs")]}
     result = body_of(await t.as_theirs("POST", "/v1/recipients/batch", batch), 200)
     assert (result["created"], result["updated"]) == (1, 0)
     assert await t.my_rows() == before
@@ -373,7 +367,7 @@ async def create_announcement(t: Tenants) -> None:
     grouped = {**ANNOUNCEMENT, "audience": {"groups": [MY_GROUP]}, "channels": ["email"]}
     theirs = body_of(await t.as_theirs("POST", "/v1/announcements", grouped), 202)
     await wait_for_state(t.theirs, f"/v1/announcements/{theirs['id']}", "completed")
-    assert await deliveries_of(t.theirs, theirs["id"]) == []
+    assert await get_deliveries(t.theirs, theirs["id"]) == []
     assert await t.my_rows() == before
 
     # Idempotency-Keys are per organization: the key and body I used are a new request from

@@ -9,10 +9,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from api_helpers import body_of, json_headers, person, problem
 from bulletin.config import Settings
 from conftest import Api, make_settings
 from e2e.stack import free_port, serve
+from support.http import body_of, json_headers, problem
+from support.http_factories import person_json
 
 LIMIT = 4096
 
@@ -24,7 +25,7 @@ def settings(database_url: str) -> Settings:
 
 def batch_of_size(size: int) -> bytes:
     """A valid batch import of one person, padded with whitespace to exactly ``size`` bytes."""
-    body = json.dumps({"recipients": [person(1)]}).encode()
+    body = json.dumps({"recipients": [person_json(1)]}).encode()
     assert len(body) <= size
     return body + b" " * (size - len(body))
 

@@ -8,17 +8,9 @@ from typing import Any
 
 import httpx
 
-from api_helpers import (
-    add_people,
-    body_of,
-    error_locs,
-    every,
-    json_headers,
-    person,
-    post_keyed,
-    problem,
-)
 from conftest import Api
+from support.http import body_of, error_locs, every, json_headers, post_keyed, problem
+from support.http_factories import person_json, post_people
 
 ANNOUNCEMENT: dict[str, Any] = {
     "title": "Office closed",
@@ -95,7 +87,7 @@ async def test_the_same_key_with_another_body_is_a_422(api: Api) -> None:
 
 
 async def test_the_same_key_on_another_endpoint_is_a_422(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     notification = {"title": "Hi", "body": "There", "recipient": "p1"}
     body_of(await post_keyed(api, "/v1/notifications", notification, "k-5"), 202)
 
@@ -105,7 +97,7 @@ async def test_the_same_key_on_another_endpoint_is_a_422(api: Api) -> None:
 
 
 async def test_batch_import_honours_the_key(api: Api) -> None:
-    rows = {"recipients": [person(1), person(2)]}
+    rows = {"recipients": [person_json(1), person_json(2)]}
     first = await post_keyed(api, "/v1/recipients/batch", rows, "k-6")
     assert body_of(first, 200) == {"created": 2, "updated": 0}
 
@@ -114,7 +106,7 @@ async def test_batch_import_honours_the_key(api: Api) -> None:
     assert body_of(again, 200) == {"created": 2, "updated": 0}
     assert again.headers["Idempotent-Replayed"] == "true"
 
-    changed = {"recipients": [person(1), person(3)]}
+    changed = {"recipients": [person_json(1), person_json(3)]}
     problem(await post_keyed(api, "/v1/recipients/batch", changed, "k-6"), 422)
     problem(await api.get("/v1/recipients/p3"), 404)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from api_helpers import problem
 from bulletin.config import Settings
 from bulletin.db import utcnow
 from bulletin.orgs.keys import Scope, digest
 from bulletin.orgs.models import ApiKey
 from conftest import Api, make_settings
+from support.http import problem
 
 
 @pytest.fixture

@@ -14,15 +14,15 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, select
 
-from api_helpers import body_of, cursor_after, every, problem, walk
 from bulletin.app import create_app
 from bulletin.config import Settings
 from bulletin.idempotency.models import IdempotencyRecord
+from bulletin.orgs.auth import KeyCache
 from bulletin.orgs.keys import Scope, digest
 from bulletin.orgs.models import ApiKey
-from bulletin.orgs.service import KeyCache
 from bulletin.orgs.tasks import flush_key_uses, recording_key_uses
 from conftest import Api
+from support.http import body_of, cursor_after, every, problem, walk
 
 KEY_FIELDS = {"id", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at"}
 
@@ -93,11 +93,13 @@ async def test_an_admin_lists_the_keys_of_its_organization_without_secrets(api: 
     listed = await keys_of(api)
     assert [key["scope"] for key in listed] == ["admin", "send", "read"]  # oldest first
     assert all(set(key) == KEY_FIELDS for key in listed)
+    created = [dt.datetime.fromisoformat(key["created_at"]) for key in listed]
+    assert created == sorted(created)
+    assert created[-1] <= dt.datetime.now(dt.UTC)  # made when the organization was
     for key, secret in zip(listed, api.keys.values(), strict=True):
         assert key["id"] == await key_id(api, Scope(key["scope"]))
         assert secret.startswith(key["prefix"])
         assert len(key["prefix"]) < len(secret) // 3
-        assert key["created_at"] is not None
         assert key["revoked_at"] is None
     text = (await api.get("/v1/keys", Scope.ADMIN)).text
     for secret in api.keys.values():
@@ -172,12 +174,14 @@ async def test_a_revoked_key_is_refused_at_once_by_the_process_that_revoked_it(
     # The key was found valid, so it sits in this process's cache (60 s by default).
     assert (await api.get("/v1/recipients", Scope.SEND)).status_code == 200
     send_id = await key_id(api, Scope.SEND)
+    before = dt.datetime.now(dt.UTC)
     revoked = await api.delete(f"/v1/keys/{send_id}", Scope.ADMIN)
+    after = dt.datetime.now(dt.UTC)
     assert revoked.status_code == 204
     assert not revoked.content
     problem(await api.get("/v1/recipients", Scope.SEND), 401)
     shown = body_of(await api.get(f"/v1/keys/{send_id}", Scope.ADMIN), 200)
-    assert shown["revoked_at"] is not None
+    assert before <= dt.datetime.fromisoformat(shown["revoked_at"]) <= after
     # Revoking it again is a 204 that changes nothing.
     assert (await api.delete(f"/v1/keys/{send_id}", Scope.ADMIN)).status_code == 204
     assert body_of(await api.get(f"/v1/keys/{send_id}", Scope.ADMIN), 200) == shown
@@ -244,12 +248,14 @@ async def test_uses_not_yet_written_are_written_when_the_process_stops(settings:
     async with serving(settings) as first:
         await first.api.new_org()
         org = first.api
+        before = dt.datetime.now(dt.UTC)
         assert (await org.get("/v1/recipients", Scope.READ)).status_code == 200
         read_id = await key_id(org, Scope.READ)
+    stopped = dt.datetime.now(dt.UTC)
     async with serving(settings) as second:
         api = second.acting_for(org)
         shown = body_of(await api.get(f"/v1/keys/{read_id}", Scope.ADMIN), 200)
-    assert shown["last_used_at"] is not None
+    assert before <= dt.datetime.fromisoformat(shown["last_used_at"]) <= stopped
 
 
 # --- revocation across processes --------------------------------------------------------

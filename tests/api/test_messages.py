@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from api_helpers import (
-    DELIVERY_STATES,
-    add_people,
-    announce,
-    body_of,
-    deliveries_of,
-    in_future,
-    notify,
-    person,
-    problem,
-    sandbox_of,
-    wait_for_state,
-    walk,
-)
 from conftest import Api
+from support.http import DELIVERY_STATES, body_of, get_deliveries, problem, sandbox_of, walk
+from support.http_factories import in_future, notify, person_json, post_announcement, post_people
+from support.settling import wait_for_state
 
 
 def instant(text: str) -> dt.datetime:
@@ -60,7 +49,9 @@ async def test_post_announcement_is_accepted_with_its_location(api: Api) -> None
 
 
 async def test_list_announcements_newest_first_across_pages(api: Api) -> None:
-    created = [await announce(api, title=f"n{n}", send_at=in_future(3600)) for n in range(5)]
+    created = [
+        await post_announcement(api, title=f"n{n}", send_at=in_future(3600)) for n in range(5)
+    ]
     pages = await walk(api, "/v1/announcements", limit=2)
     assert [len(page) for page in pages] == [2, 2, 1]
     listed = [item["id"] for page in pages for item in page]
@@ -70,19 +61,21 @@ async def test_list_announcements_newest_first_across_pages(api: Api) -> None:
 
 async def test_an_announcement_is_delivered_and_recorded(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1), person(2), person(3))
-    message_id = await announce(api, title="Payday", body="Friday")
+    await post_people(api, person_json(1), person_json(2), person_json(3))
+    before = dt.datetime.now(dt.UTC)
+    message_id = await post_announcement(api, title="Payday", body="Friday")
 
     done = await wait_for_state(api, f"/v1/announcements/{message_id}", "completed")
+    after = dt.datetime.now(dt.UTC)
     assert done["deliveries"] == {**dict.fromkeys(DELIVERY_STATES, 0), "sent": 3}
     assert done["audience_size"] == 3
-    assert done["completed_at"] is not None
+    assert before <= dt.datetime.fromisoformat(done["completed_at"]) <= after
 
-    sent = await deliveries_of(api, message_id, state="sent")
+    sent = await get_deliveries(api, message_id, state="sent")
     assert sorted(d["recipient"] for d in sent) == ["p1", "p2", "p3"]
     assert {d["channel"] for d in sent} == {"email"}
     assert {d["message_id"] for d in sent} == {message_id}
-    assert await deliveries_of(api, message_id, state="pending") == []
+    assert await get_deliveries(api, message_id, state="pending") == []
     pages = await walk(api, f"/v1/announcements/{message_id}/deliveries", limit=2)
     assert [len(page) for page in pages] == [2, 1]
 
@@ -90,7 +83,7 @@ async def test_an_announcement_is_delivered_and_recorded(live_api: Api) -> None:
     assert detail["state"] == "sent"
     assert detail["attempts"] == 1
     assert detail["provider"] == "sandbox"
-    assert detail["sent_at"] is not None
+    assert before <= dt.datetime.fromisoformat(detail["sent_at"]) <= after
     states = [event["state"] for event in detail["events"]]
     assert states[-1] == "sent"
     assert "sending" in states[:-1]
@@ -109,9 +102,11 @@ async def test_an_announcement_is_delivered_and_recorded(live_api: Api) -> None:
 
 
 async def test_cancel_a_scheduled_announcement(api: Api) -> None:
-    await add_people(api, person(1))
-    message_id = await announce(api, send_at=in_future(3600))
+    await post_people(api, person_json(1))
+    message_id = await post_announcement(api, send_at=in_future(3600))
+    before = dt.datetime.now(dt.UTC)
     cancelled = body_of(await api.post(f"/v1/announcements/{message_id}/cancel"), 200)
+    after = dt.datetime.now(dt.UTC)
     assert cancelled["cancelled"] == 0, "nothing was resolved yet, so no delivery existed"
     assert cancelled["in_flight"] == 0
     assert cancelled["message"]["id"] == message_id
@@ -119,7 +114,7 @@ async def test_cancel_a_scheduled_announcement(api: Api) -> None:
 
     shown = body_of(await api.get(f"/v1/announcements/{message_id}"), 200)
     assert shown["state"] == "cancelled"
-    assert shown["cancelled_at"] is not None
+    assert before <= dt.datetime.fromisoformat(shown["cancelled_at"]) <= after
 
     again = problem(await api.post(f"/v1/announcements/{message_id}/cancel"), 409)
     assert "cancelled" in again["detail"]
@@ -127,26 +122,26 @@ async def test_cancel_a_scheduled_announcement(api: Api) -> None:
 
 async def test_a_cancelled_announcement_is_never_sent(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1))
-    cancelled = await announce(api, send_at=in_future(0.3))
+    await post_people(api, person_json(1))
+    cancelled = await post_announcement(api, send_at=in_future(0.3))
     body_of(await api.post(f"/v1/announcements/{cancelled}/cancel"), 200)
     # A later announcement to the same person: once it is done, the cancelled one's time
     # has passed too, and the engine has had every chance to send it.
-    later = await announce(api, send_at=in_future(0.4))
+    later = await post_announcement(api, send_at=in_future(0.4))
     await wait_for_state(api, f"/v1/announcements/{later}", "completed")
 
     assert len(await sandbox_of(api, later)) == 1
     assert await sandbox_of(api, cancelled) == []
     # Its audience may have been resolved just ahead of its send_at (before the cancel): any
     # delivery it has was cancelled with it, never sent.
-    assert {d["state"] for d in await deliveries_of(api, cancelled)} <= {"cancelled"}
+    assert {d["state"] for d in await get_deliveries(api, cancelled)} <= {"cancelled"}
     assert body_of(await api.get(f"/v1/announcements/{cancelled}"), 200)["state"] == "cancelled"
 
 
 async def test_cancelling_a_completed_announcement_is_a_409(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1))
-    message_id = await announce(api)
+    await post_people(api, person_json(1))
+    message_id = await post_announcement(api)
     await wait_for_state(api, f"/v1/announcements/{message_id}", "completed")
     body = problem(await api.post(f"/v1/announcements/{message_id}/cancel"), 409)
     assert "finished" in body["detail"]
@@ -157,7 +152,7 @@ async def test_cancelling_a_completed_announcement_is_a_409(live_api: Api) -> No
 
 async def test_a_notification_is_delivered(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1), person(2))
+    await post_people(api, person_json(1), person_json(2))
     response = await api.post(
         "/v1/notifications", {"title": "Your payslip", "body": "is ready", "recipient": "p1"}
     )
@@ -187,7 +182,7 @@ async def test_a_notification_to_an_unknown_recipient_is_a_422(api: Api) -> None
 
 
 async def test_cancel_a_scheduled_notification(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     message_id = await notify(api, "p1", send_at=in_future(3600))
     cancelled = body_of(await api.post(f"/v1/notifications/{message_id}/cancel"), 200)
     assert cancelled["message"]["state"] == "cancelled"
@@ -198,8 +193,8 @@ async def test_cancel_a_scheduled_notification(api: Api) -> None:
 
 
 async def test_announcement_and_notification_ids_do_not_cross(api: Api) -> None:
-    await add_people(api, person(1))
-    announcement = await announce(api, send_at=in_future(3600))
+    await post_people(api, person_json(1))
+    announcement = await post_announcement(api, send_at=in_future(3600))
     notification = await notify(api, "p1", send_at=in_future(3600))
     unknown = "01900000-0000-7000-8000-000000000000"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import add_people, body_of, error_locs, person, problem, walk
 from conftest import Api
+from support.http import body_of, error_locs, problem, walk
+from support.http_factories import person_json, post_people
 
 
 async def test_put_creates_then_replaces_the_whole_recipient(api: Api) -> None:
@@ -84,7 +85,7 @@ async def test_unknown_recipient_is_a_404_problem(api: Api) -> None:
 
 
 async def test_delete_deactivates_and_put_reactivates(api: Api) -> None:
-    await add_people(api, person(1), person(2))
+    await post_people(api, person_json(1), person_json(2))
     deleted = await api.delete("/v1/recipients/p1")
     assert deleted.status_code == 204
     assert deleted.content == b""
@@ -109,7 +110,7 @@ async def test_delete_deactivates_and_put_reactivates(api: Api) -> None:
 
 
 async def test_list_walks_every_recipient_once_with_a_cursor(api: Api) -> None:
-    await add_people(api, *(person(n) for n in range(7)))
+    await post_people(api, *(person_json(n) for n in range(7)))
     pages = await walk(api, "/v1/recipients", limit=2)
     assert [len(page) for page in pages] == [2, 2, 2, 1]
     seen = [r["external_id"] for page in pages for r in page]
@@ -118,14 +119,14 @@ async def test_list_walks_every_recipient_once_with_a_cursor(api: Api) -> None:
 
 
 async def test_list_filters_by_group_across_pages(api: Api) -> None:
-    await add_people(
+    await post_people(
         api,
-        person(0, groups=["a"]),
-        person(1, groups=["b"]),
-        person(2, groups=["a", "b"]),
-        person(3, groups=["b"]),
-        person(4, groups=["a"]),
-        person(5),
+        person_json(0, groups=["a"]),
+        person_json(1, groups=["b"]),
+        person_json(2, groups=["a", "b"]),
+        person_json(3, groups=["b"]),
+        person_json(4, groups=["a"]),
+        person_json(5),
     )
     in_a = [r for page in await walk(api, "/v1/recipients", 2, {"group": "a"}) for r in page]
     in_b = [r for page in await walk(api, "/v1/recipients", 2, {"group": "b"}) for r in page]
@@ -138,13 +139,19 @@ async def test_list_filters_by_group_across_pages(api: Api) -> None:
 
 async def test_batch_import_counts_created_and_updated(api: Api) -> None:
     first = await api.post(
-        "/v1/recipients/batch", {"recipients": [person(1), person(2), person(3)]}
+        "/v1/recipients/batch", {"recipients": [person_json(1), person_json(2), person_json(3)]}
     )
     assert body_of(first, 200) == {"created": 3, "updated": 0}
 
     second = await api.post(
         "/v1/recipients/batch",
-        {"recipients": [person(2, name="Renamed"), person(3), person(4, phone="+27825550123")]},
+        {
+            "recipients": [
+                person_json(2, name="Renamed"),
+                person_json(3),
+                person_json(4, phone="+27825550123"),
+            ]
+        },
     )
     assert body_of(second, 200) == {"created": 1, "updated": 2}
     assert body_of(await api.get("/v1/recipients/p2"), 200)["name"] == "Renamed"
@@ -152,16 +159,16 @@ async def test_batch_import_counts_created_and_updated(api: Api) -> None:
 
 
 async def test_batch_with_bad_rows_lists_every_one_and_writes_nothing(api: Api) -> None:
-    await add_people(api, person(9, name="Before"))
+    await post_people(api, person_json(9, name="Before"))
     rows: list[dict[str, Any]] = [
-        person(0),
-        person(1, phone="not a phone"),
-        person(2),
-        person(3, timezone="Mars/Olympus_Mons"),
-        person(4, nickname="Bob"),
+        person_json(0),
+        person_json(1, phone="not a phone"),
+        person_json(2),
+        person_json(3, timezone="Mars/Olympus_Mons"),
+        person_json(4, nickname="Bob"),
         {"name": "No id"},
-        person(6, email="not-an-email"),
-        person(9, name="After"),
+        person_json(6, email="not-an-email"),
+        person_json(9, name="After"),
     ]
     body = problem(await api.post("/v1/recipients/batch", {"recipients": rows}), 422)
 
@@ -187,7 +194,7 @@ async def test_batch_with_bad_rows_lists_every_one_and_writes_nothing(api: Api) 
 
 
 async def test_batch_with_a_repeated_external_id_is_refused(api: Api) -> None:
-    rows = [person(1), person(2), person(1, name="Twin")]
+    rows = [person_json(1), person_json(2), person_json(1, name="Twin")]
     body = problem(await api.post("/v1/recipients/batch", {"recipients": rows}), 422)
     assert error_locs(body) == [["body", "recipients", 2, "external_id"]]
     assert "0" in body["errors"][0]["message"], "the error names the row it repeats"
@@ -209,10 +216,10 @@ async def test_batch_takes_one_to_10000_rows(api: Api) -> None:
 
 
 async def test_default_preferences_enable_only_channels_with_an_address(api: Api) -> None:
-    await add_people(
+    await post_people(
         api,
-        person(1),
-        person(2, phone="+27825550123"),
+        person_json(1),
+        person_json(2, phone="+27825550123"),
         {"external_id": "p3", "whatsapp": "+4915123456789"},
     )
     expected = {
@@ -226,7 +233,7 @@ async def test_default_preferences_enable_only_channels_with_an_address(api: Api
 
 
 async def test_put_preferences_then_get_them(api: Api) -> None:
-    await add_people(api, person(1, phone="+27825550123"))
+    await post_people(api, person_json(1, phone="+27825550123"))
     wanted = {
         "channels": {"whatsapp": False},
         "categories": {"social": False, "payroll": True},
@@ -255,7 +262,7 @@ async def test_put_preferences_then_get_them(api: Api) -> None:
 
 
 async def test_invalid_preferences_are_refused(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     before = body_of(await api.get("/v1/recipients/p1/preferences"), 200)
     cases: list[tuple[dict[str, Any], list[str | int]]] = [
         ({"quiet_hours": {"start": "25:00", "end": "08:00"}}, ["body", "quiet_hours", "start"]),

@@ -6,16 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import (
-    add_people,
-    announce,
-    body_of,
-    deliveries_of,
-    person,
-    sandbox_of,
-    wait_for_state,
-)
 from conftest import Api
+from support.http import body_of, get_deliveries, sandbox_of
+from support.http_factories import person_json, post_announcement, post_people
+from support.settling import wait_for_state
 
 # Someone reachable on every channel, each on its own address.
 EVERYWHERE: dict[str, Any] = {
@@ -30,19 +24,19 @@ ADDRESS = {"email": "all3@example.com", "sms": "+27825550123", "whatsapp": "+491
 async def delivered(api: Api, message_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The completed announcement and its deliveries."""
     done = await wait_for_state(api, f"/v1/announcements/{message_id}", "completed")
-    return done, await deliveries_of(api, message_id)
+    return done, await get_deliveries(api, message_id)
 
 
 async def test_a_person_in_two_targeted_groups_gets_one_delivery(live_api: Api) -> None:
     api = live_api
-    await add_people(
+    await post_people(
         api,
-        person(1, groups=["sales", "site-a"]),
-        person(2, groups=["sales"]),
-        person(3, groups=["site-a"]),
-        person(4, groups=["support"]),
+        person_json(1, groups=["sales", "site-a"]),
+        person_json(2, groups=["sales"]),
+        person_json(3, groups=["site-a"]),
+        person_json(4, groups=["support"]),
     )
-    message_id = await announce(api, {"groups": ["sales", "site-a"]})
+    message_id = await post_announcement(api, {"groups": ["sales", "site-a"]})
     done, deliveries = await delivered(api, message_id)
 
     assert sorted(d["recipient"] for d in deliveries) == ["p1", "p2", "p3"]
@@ -53,8 +47,10 @@ async def test_a_person_in_two_targeted_groups_gets_one_delivery(live_api: Api) 
 
 async def test_routing_first_reaches_a_person_once_on_the_first_channel(live_api: Api) -> None:
     api = live_api
-    await add_people(api, EVERYWHERE)
-    message_id = await announce(api, channels=["sms", "whatsapp", "email"], routing="first")
+    await post_people(api, EVERYWHERE)
+    message_id = await post_announcement(
+        api, channels=["sms", "whatsapp", "email"], routing="first"
+    )
     _, deliveries = await delivered(api, message_id)
 
     assert [(d["recipient"], d["channel"], d["state"]) for d in deliveries] == [
@@ -64,7 +60,7 @@ async def test_routing_first_reaches_a_person_once_on_the_first_channel(live_api
     assert [(r["channel"], r["address"]) for r in recorded] == [("sms", ADDRESS["sms"])]
 
     # The default order puts WhatsApp first.
-    default = await announce(api)
+    default = await post_announcement(api)
     _, deliveries = await delivered(api, default)
     assert [d["channel"] for d in deliveries] == ["whatsapp"]
     assert [r["channel"] for r in await sandbox_of(api, default)] == ["whatsapp"]
@@ -72,8 +68,8 @@ async def test_routing_first_reaches_a_person_once_on_the_first_channel(live_api
 
 async def test_routing_all_reaches_a_person_once_per_channel(live_api: Api) -> None:
     api = live_api
-    await add_people(api, EVERYWHERE, person(2))
-    message_id = await announce(api, routing="all")
+    await post_people(api, EVERYWHERE, person_json(2))
+    message_id = await post_announcement(api, routing="all")
     done, deliveries = await delivered(api, message_id)
 
     mine = {d["channel"]: d for d in deliveries if d["recipient"] == "all3"}
@@ -97,11 +93,11 @@ async def test_routing_all_reaches_a_person_once_per_channel(live_api: Api) -> N
 
 async def test_an_opted_out_category_is_suppressed_with_a_reason(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1), person(2))
+    await post_people(api, person_json(1), person_json(2))
     prefs = await api.put("/v1/recipients/p1/preferences", {"categories": {"social": False}})
     body_of(prefs, 200)
 
-    message_id = await announce(api, category="social")
+    message_id = await post_announcement(api, category="social")
     done, deliveries = await delivered(api, message_id)
     by_person = {d["recipient"]: d for d in deliveries}
     assert by_person["p1"]["state"] == "suppressed"
@@ -111,24 +107,24 @@ async def test_an_opted_out_category_is_suppressed_with_a_reason(live_api: Api) 
     assert (done["deliveries"]["sent"], done["deliveries"]["suppressed"]) == (1, 1)
 
     # Other categories still reach them.
-    other = await announce(api, category="payroll")
+    other = await post_announcement(api, category="payroll")
     _, deliveries = await delivered(api, other)
     assert {d["recipient"]: d["state"] for d in deliveries} == {"p1": "sent", "p2": "sent"}
 
 
 async def test_a_deactivated_person_in_a_group_gets_nothing(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1, groups=["staff"]), person(2, groups=["staff"]))
+    await post_people(api, person_json(1, groups=["staff"]), person_json(2, groups=["staff"]))
     assert (await api.delete("/v1/recipients/p2")).status_code == 204
 
-    message_id = await announce(api, {"groups": ["staff"]})
+    message_id = await post_announcement(api, {"groups": ["staff"]})
     done, deliveries = await delivered(api, message_id)
     assert [d["recipient"] for d in deliveries] == ["p1"]
     assert done["audience_size"] == 1
     assert [r["recipient"] for r in await sandbox_of(api, message_id)] == ["p1"]
 
     # Named explicitly, they get a suppressed delivery that says why, and no message.
-    named = await announce(api, {"recipients": ["p2"]})
+    named = await post_announcement(api, {"recipients": ["p2"]})
     _, deliveries = await delivered(api, named)
     assert [(d["state"], d["reason"]) for d in deliveries] == [
         ("suppressed", "recipient deactivated")
@@ -138,12 +134,12 @@ async def test_a_deactivated_person_in_a_group_gets_nothing(live_api: Api) -> No
 
 async def test_turning_whatsapp_off_makes_routing_first_use_email(live_api: Api) -> None:
     api = live_api
-    await add_people(api, EVERYWHERE)
+    await post_people(api, EVERYWHERE)
     body_of(
         await api.put("/v1/recipients/all3/preferences", {"channels": {"whatsapp": False}}), 200
     )
 
-    message_id = await announce(api, channels=["whatsapp", "email", "sms"])
+    message_id = await post_announcement(api, channels=["whatsapp", "email", "sms"])
     _, deliveries = await delivered(api, message_id)
     assert [(d["channel"], d["state"]) for d in deliveries] == [("email", "sent")]
     recorded = await sandbox_of(api, message_id)

@@ -47,7 +47,7 @@ from bulletin.messages import service as messages
 from bulletin.orgs import service as orgs
 from bulletin.orgs.keys import Scope
 from cli.test_cli import Process, environment, free_port
-from factories import add_people, announce, person
+from support.db_factories import insert_announcement, insert_people, person_row
 
 with warnings.catch_warnings():
     # schemathesis 3.39 reads jsonschema.RefResolver and jsonschema.exceptions.RefResolutionError
@@ -114,10 +114,10 @@ class Seeded:
 
 async def _rows(db: Database, org_id: uuid.UUID, first: int) -> Rows:
     """People, a sent and a scheduled announcement, and a notification, of one organization."""
-    people = [person(first + n, phone=f"+2782123450{n}", groups=["staff"]) for n in range(3)]
-    await add_people(db, org_id, people)
-    now = await announce(db, org_id, channels=["whatsapp", "sms"])
-    later = await announce(db, org_id, send_at="2999-01-01T09:00:00+02:00")
+    people = [person_row(first + n, phone=f"+2782123450{n}", groups=["staff"]) for n in range(3)]
+    await insert_people(db, org_id, people)
+    now = await insert_announcement(db, org_id, channels=["whatsapp", "sms"])
+    later = await insert_announcement(db, org_id, send_at="2999-01-01T09:00:00+02:00")
     note = message_schemas.NotificationIn.model_validate(
         {"title": "Hi", "body": "B", "recipient": f"p{first}", "category": "news"}
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from api_helpers import body_of
 from conftest import Api
+from support.http import body_of
 
 
 async def test_health_and_ready_need_no_key(api: Api) -> None:

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import (
-    add_people,
-    announce,
-    body_of,
-    cursor_after,
-    error_locs,
-    in_future,
-    json_headers,
-    person,
-    post_keyed,
-    problem,
-)
 from conftest import Api
+from support.http import body_of, cursor_after, error_locs, json_headers, post_keyed, problem
+from support.http_factories import in_future, person_json, post_announcement, post_people
 
 ANNOUNCEMENT: dict[str, Any] = {"title": "Hello", "body": "Body", "audience": {"all": True}}
 
 
 async def test_naive_send_at_is_a_422(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     for path, payload in [
         ("/v1/announcements", {**ANNOUNCEMENT, "send_at": "2030-05-01T09:00:00"}),
         (
@@ -72,13 +62,13 @@ async def test_unparseable_phones_and_unknown_time_zones_are_a_422(api: Api) -> 
 
 
 async def test_unknown_fields_in_any_body_are_a_422(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     cases: list[tuple[str, str, dict[str, Any], list[str | int]]] = [
         ("PUT", "/v1/recipients/p2", {"nickname": "Bob"}, ["body", "nickname"]),
         (
             "POST",
             "/v1/recipients/batch",
-            {"recipients": [person(2)], "mode": "merge"},
+            {"recipients": [person_json(2)], "mode": "merge"},
             ["body", "mode"],
         ),
         (
@@ -116,7 +106,7 @@ async def test_unknown_fields_in_any_body_are_a_422(api: Api) -> None:
 
 
 async def test_malformed_json_is_a_422_everywhere(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     for method, path in [
         ("PUT", "/v1/recipients/p1"),
         ("POST", "/v1/recipients/batch"),
@@ -158,7 +148,7 @@ async def test_invalid_message_fields_are_a_422(api: Api) -> None:
 
 
 async def test_an_audience_naming_unknown_recipients_is_a_422_listing_them(api: Api) -> None:
-    await add_people(api, person(1), person(2))
+    await post_people(api, person_json(1), person_json(2))
     audience = {"recipients": ["p1", "ghost-a", "p2", "ghost-b"]}
     body = problem(await api.post("/v1/announcements", {**ANNOUNCEMENT, "audience": audience}), 422)
     assert error_locs(body) == [
@@ -172,8 +162,8 @@ async def test_an_audience_naming_unknown_recipients_is_a_422_listing_them(api: 
 
 
 async def test_a_bad_cursor_is_a_422_on_every_list(api: Api) -> None:
-    await add_people(api, person(1))
-    message_id = await announce(api, send_at=in_future(3600))
+    await post_people(api, person_json(1))
+    message_id = await post_announcement(api, send_at=in_future(3600))
     lists = [
         "/v1/recipients",
         "/v1/announcements",
@@ -200,7 +190,7 @@ async def test_a_bad_cursor_is_a_422_on_every_list(api: Api) -> None:
 
 
 async def test_bad_list_parameters_are_a_422(api: Api) -> None:
-    message_id = await announce(api, send_at=in_future(3600))
+    message_id = await post_announcement(api, send_at=in_future(3600))
     for path, params, loc in [
         ("/v1/recipients", {"limit": "0"}, ["query", "limit"]),
         ("/v1/recipients", {"limit": "1001"}, ["query", "limit"]),

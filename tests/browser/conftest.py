@@ -1,8 +1,8 @@
 """The portal in a real browser: a ``bulletin serve`` process and headless Chromium.
 
 Chromium is Debian's package at :data:`CHROMIUM` (``./scripts/test`` installs it when run as
-root); Playwright's own browser downloads are not used. Without it the tests skip, or fail
-when ``CI=true``, so that a CI machine cannot pass by testing nothing.
+root); Playwright's own browser downloads are not used. Without it the tests skip, or fail in
+CI (see :mod:`support.ci`), so that a CI machine cannot pass by testing nothing.
 
 One server runs per test module (starting it takes seconds); ``live`` gives each test an
 organization of its own on it, so tests see nothing of each other's.
@@ -31,14 +31,16 @@ from bulletin.config import Settings
 from bulletin.db import Database
 from bulletin.orgs import service as orgs
 from bulletin.web.portal import accounts
-from cli.test_cli import environment, free_port, ready, wait_until
+from cli.test_cli import environment, free_port, ready
+from support.ci import unavailable
+from support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 NO_CHROMIUM = (
     f"Chromium not found at {CHROMIUM}: install Debian's chromium package "
-    "(./scripts/test does this when run as root), or set CI=true to make this an error"
+    "(./scripts/test does this when run as root), or set CI=1 to make this an error"
 )
 #: How long a page may take to show what a test expects (the server runs beside the browser).
 TIMEOUT_MS = 10_000
@@ -178,9 +180,7 @@ def browser() -> Iterator[Browser]:
     running in this thread, and every asyncio test or fixture run after it (the rest of the
     suite) would fail with "asyncio.run() cannot be called from a running event loop"."""
     if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(NO_CHROMIUM)
-        pytest.skip(NO_CHROMIUM)
+        unavailable(NO_CHROMIUM)
     playwright: Playwright = sync_playwright().start()
     try:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)

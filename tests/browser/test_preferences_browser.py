@@ -4,7 +4,6 @@ refused."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from browser.conftest import LiveBulletin
+from support.waiting import wait_until
 
 ZOE = {
     "name": "Zoë",
@@ -37,10 +37,8 @@ def announce(api: httpx.Client, **fields: Any) -> str:
 
 def settled(api: httpx.Client, message_id: str) -> list[dict[str, Any]]:
     """The deliveries of an announcement once it is completed."""
-    deadline = time.monotonic() + 20
-    while api.get(f"/v1/announcements/{message_id}").json()["state"] != "completed":
-        assert time.monotonic() < deadline, "the announcement did not complete"
-        time.sleep(0.1)
+    path = f"/v1/announcements/{message_id}"
+    wait_until(lambda: api.get(path).json()["state"] == "completed", timeout=20)
     deliveries: list[dict[str, Any]] = api.get(f"/v1/announcements/{message_id}/deliveries").json()[
         "items"
     ]

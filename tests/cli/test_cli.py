@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -10,11 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+
+from support.waiting import wait_until
 
 BULLETIN = str(Path(sys.executable).with_name("bulletin"))
 
@@ -91,14 +93,6 @@ class Process:
         assert code in (0, -signal.SIGTERM), self.output()
         assert "Traceback" not in self.output(), self.output()
         assert "worker.stopped" in self.output() or "--no-worker" in " ".join(self.args)
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
 
 
 def ready(base: str) -> bool:
@@ -367,6 +361,20 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert counts["unknown"] == 0
     assert len(items) == 3000
     assert len({i["recipient"] for i in items}) == 3000
+    # The sandbox keeps one record per delivery and counts every hand-over in it. A delivery
+    # is handed over again only after an attempt left in doubt, never after one that was
+    # written as sent; and a lease runs out only on the killed worker, never on a living one.
+    for item in (i for i in items if i["attempts"] != 1):
+        shown = httpx.get(f"{base}/v1/deliveries/{item['delivery_id']}", headers=auth).json()
+        events: list[dict[str, object]] = shown["events"]
+        claims = [n for n, e in enumerate(events) if e["state"] == "sending"]
+        assert isinstance(item["attempts"], int)
+        assert item["attempts"] <= len(claims), events
+        for start, end in itertools.pairwise(claims):
+            between = events[start + 1 : end]
+            assert "sent" not in {e["state"] for e in between}, events
+            if not str(events[start]["detail"]).endswith(f":{victim.proc.pid}"):
+                assert not any("lease expired" in str(e["detail"]) for e in between), events
     survivor.terminate()
     api.terminate()
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bulletin.channels.configs import from_settings
 from bulletin.config import Settings
 from bulletin.devservers.run import DevServers, environment_text
-from cli.test_cli import Process, environment, first_start_credentials, free_port, ready, wait_until
+from cli.test_cli import Process, environment, first_start_credentials, free_port, ready
+from support.waiting import wait_until
 
 
 async def test_the_printed_settings_are_settings_bulletin_reads(
@@ -27,7 +29,7 @@ async def test_the_printed_settings_are_settings_bulletin_reads(
     async with DevServers(bulletin_url="http://127.0.0.1:8000") as servers:
         (tmp_path / ".env").write_text(environment_text(servers.environment()))
         settings = Settings()
-        configs = settings.provider_configs()
+        configs = from_settings(settings)
         assert set(configs) == {"whatsapp", "sms", "email"}
         assert settings.allow_private_provider_addresses
         assert settings.whatsapp_base_url == servers.whatsapp.base_url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,13 @@ def test_keys_revoke(database_url: str, tmp_path: Path) -> None:
     assert "no API key" in wrong.stderr
     assert listed(org["org_id"], env, tmp_path)[1]["revoked_at"] is None
 
+    before = dt.datetime.now(dt.UTC)
     done = run(["keys", "revoke", read_id, "--org", org["org_id"]], env, tmp_path)
+    after = dt.datetime.now(dt.UTC)
     assert done.returncode == 0, done.stderr
     assert "BULLETIN_API_KEY_CACHE_SECONDS" in done.stderr
     revoked_at = listed(org["org_id"], env, tmp_path)[1]["revoked_at"]
-    assert revoked_at is not None
+    assert before <= dt.datetime.fromisoformat(revoked_at) <= after
     assert run(["keys", "revoke", read_id], env, tmp_path).returncode == 0  # again: no change
     assert listed(org["org_id"], env, tmp_path)[1]["revoked_at"] == revoked_at
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from bulletin.supervisor import shared_port_socket
-from cli.test_cli import Process, environment, free_port, ready, run, wait_until
+from cli.test_cli import Process, environment, free_port, ready, run
+from support.waiting import wait_until
 
 
 def children(pid: int) -> set[int]:

@@ -26,15 +26,17 @@ import aiosmtplib
 import mailparser
 import pytest
 
-from api_helpers import add_people, body_of, notify
 from bulletin.channels.base import OutboundMessage
 from bulletin.channels.configs import SmtpConfig
 from bulletin.channels.smtp import SmtpProvider, build_email, wire_bytes
 from bulletin.devservers.smtp import ReceivedEmail, SmtpServer, content_refusal
 from bulletin.errors import PermanentSendError
 from e2e.stack import Stack
-from e2e.test_channels_e2e import ZANELE, settled
-from factories import outbound_message
+from e2e.test_channels_e2e import ZANELE
+from support.http import body_of
+from support.http_factories import notify, post_people
+from support.outbound import outbound_message
+from support.settling import settled_notification
 
 SENDER = "notices@water.example.org"
 RECIPIENT = "zoe@example.net"
@@ -385,11 +387,11 @@ async def test_a_served_bulletin_sends_conforming_email(stack: Stack) -> None:
     """The whole path, on both databases: the link the engine makes, the Message-ID from the
     stored message and delivery, through the strict stand-in, read by both parsers."""
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api, "zanele", title="Payslips", body="Hello", channels=["email"], category="payroll"
     )
-    [listed] = await settled(stack, message_id)
+    [listed] = await settled_notification(stack.api, message_id)
     delivery = body_of(await stack.api.get(f"/v1/deliveries/{listed['id']}"), 200)
     assert delivery["state"] == "sent"
     [mail] = stack.smtp.received

@@ -52,8 +52,8 @@ from twilio.request_validator import (
 )
 from twilio.rest import Client
 
-from api_helpers import add_people, body_of, notify, person
 from bulletin.channels import twilio as bulletin_twilio
+from bulletin.channels.accounts import webhook_path
 from bulletin.channels.base import OutboundMessage
 from bulletin.channels.configs import TwilioConfig
 from bulletin.channels.twilio import TwilioProvider
@@ -67,11 +67,12 @@ from bulletin.messages.models import Message
 from bulletin.orgs.keys import Scope
 from bulletin.providers.models import ChannelConfig
 from bulletin.recipients.models import Recipient
-from bulletin.webhooks.accounts import webhook_path
 from conftest import Api, make_settings
 from e2e.stack import free_port, serve, served_settings
-from factories import outbound_message
 from integration.test_channel_twilio import Receiver
+from support.http import body_of
+from support.http_factories import notify, person_json, post_people
+from support.outbound import outbound_message
 
 SID = "AC" + "c0ffee" * 5 + "c0"
 TOKEN = "conformance-auth-token"
@@ -588,7 +589,7 @@ def settings(database_url: str, public_url: str) -> Settings:
 
 async def sent_sms(api: Api, account: str = "default") -> int:
     """An SMS delivery to p1, ``sent`` through ``account`` and awaiting receipts."""
-    await add_people(api, person(1, phone=RECIPIENT))
+    await post_people(api, person_json(1, phone=RECIPIENT))
     message_id = await notify(api, "p1", channels=["sms"])
     db = api.services.db
     async with db.transaction() as session:
@@ -899,7 +900,7 @@ async def test_bulletin_sends_through_the_stand_in_and_takes_its_shared_key_call
                 "rate_per_second": None,
             }
             assert (await api.put("/v1/channels/sms", config, Scope.ADMIN)).status_code == 201
-            await add_people(api, person(1, phone=RECIPIENT))
+            await post_people(api, person_json(1, phone=RECIPIENT))
             message_id = await notify(api, "p1", channels=["sms"])
             for _ in range(500):
                 if twilio.accepted:

@@ -46,7 +46,6 @@ from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import Connection
 from structlog.testing import capture_logs
 
-import api_helpers
 from bulletin.channels.base import (
     DEFAULT_ACCOUNT,
     Inbound,
@@ -72,7 +71,9 @@ from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.messages.models import Message as BulletinMessage
 from bulletin.recipients.models import Recipient
 from conftest import Api, make_settings
-from factories import new_org, outbound_message, sent_on_whatsapp
+from support.db_factories import new_org, sent_on_whatsapp
+from support.http_factories import notify, person_json, post_people
+from support.outbound import outbound_message
 
 # Meta's own example identifiers ([status], [text], [bsuid]).
 PHONE_NUMBER_ID = "106540352242922"
@@ -723,8 +724,8 @@ async def test_a_wamid_is_found_in_one_query_through_its_index(db: Database) -> 
 
 
 async def test_a_signed_post_with_a_username_message_still_applies_the_rest(api: Api) -> None:
-    await api_helpers.add_people(api, api_helpers.person(1, phone=PHONE))
-    await api_helpers.notify(api, "p1", channels=["whatsapp"])
+    await post_people(api, person_json(1, phone=PHONE))
+    await notify(api, "p1", channels=["whatsapp"])
     async with api.services.db.transaction() as session:
         for message in (await session.execute(select(BulletinMessage))).scalars():
             await resolve_chunk(session, message, 100)

@@ -39,7 +39,6 @@ from pywa.types.base_update import RawUpdate
 from pywa.types.message import Message as PywaMessage
 from pywa.types.message_status import MessageStatus as PywaStatus
 
-from api_helpers import add_people, notify
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, parse_webhook
 from bulletin.devservers.whatsapp import (
     WhatsAppCloudServer,
@@ -50,7 +49,10 @@ from bulletin.devservers.whatsapp import (
     status_payload,
 )
 from e2e.stack import WA_NUMBER_ID, WA_SECRET, Stack
-from e2e.test_channels_e2e import PHONE, ZANELE, delivery, hook_url, post_whatsapp, settled, until
+from e2e.test_channels_e2e import PHONE, ZANELE, delivery, hook_url, post_whatsapp
+from support.http_factories import notify, post_people
+from support.settling import settled_notification
+from support.waiting import eventually
 
 TOKEN = "EAAG-standin-conformance-token"
 PHONE_ID = "106540352242922"
@@ -408,7 +410,7 @@ async def connect(stack: Stack) -> WhatsAppCloudServer:
     """Point the stand-in's webhooks at the organization's WhatsApp address and turn on
     Meta's window."""
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     stack.whatsapp.webhook_url = hook_url(stack, "whatsapp")
     stack.whatsapp.app_secret = WA_SECRET
     stack.whatsapp.enforce_window = True
@@ -418,7 +420,9 @@ async def connect(stack: Stack) -> WhatsAppCloudServer:
 async def test_bulletin_takes_a_status_without_biz_opaque_callback_data(stack: Stack) -> None:
     # Needs the receipt handling to find the delivery by its wamid (issue 13, item 2).
     whatsapp = await connect(stack)
-    [sent] = await settled(stack, await notify(stack.api, "zanele", channels=["whatsapp"]))
+    [sent] = await settled_notification(
+        stack.api, await notify(stack.api, "zanele", channels=["whatsapp"])
+    )
     [message] = whatsapp.accepted
 
     await whatsapp.send_status(message.wamid, "delivered", with_callback_data=False)
@@ -432,7 +436,9 @@ async def test_bulletin_takes_a_username_message_and_the_status_in_the_same_post
 ) -> None:
     # Needs the adapter's tolerant inbound parsing (issue 13, item 3).
     whatsapp = await connect(stack)
-    [sent] = await settled(stack, await notify(stack.api, "zanele", channels=["whatsapp"]))
+    [sent] = await settled_notification(
+        stack.api, await notify(stack.api, "zanele", channels=["whatsapp"])
+    )
     [message] = whatsapp.accepted
     status = await whatsapp.send_status(message.wamid, "read", post=False)
     inbound = inbound_payload(WA_NUMBER_ID, None, "hello", user_id="US.31", username="zanele")
@@ -446,9 +452,9 @@ async def test_bulletin_sends_free_text_after_the_person_wrote_and_a_template_ot
 ) -> None:
     whatsapp = await connect(stack)
 
-    await settled(stack, await notify(stack.api, "zanele", channels=["whatsapp"]))
+    await settled_notification(stack.api, await notify(stack.api, "zanele", channels=["whatsapp"]))
     await whatsapp.person_writes(PHONE, "hello")
-    await settled(stack, await notify(stack.api, "zanele", channels=["whatsapp"]))
+    await settled_notification(stack.api, await notify(stack.api, "zanele", channels=["whatsapp"]))
 
     assert [m.body["type"] for m in whatsapp.accepted] == ["template", "text"]
     assert whatsapp.refused == []
@@ -459,7 +465,9 @@ async def test_bulletin_hears_of_a_closed_window_from_the_failed_status(stack: S
     # Bulletin hears of a message the stand-in never saw, so it thinks the window is open.
     assert await post_whatsapp(stack, inbound_payload(WA_NUMBER_ID, PHONE, "hello")) == 200
 
-    [sent] = await settled(stack, await notify(stack.api, "zanele", channels=["whatsapp"]))
+    [sent] = await settled_notification(
+        stack.api, await notify(stack.api, "zanele", channels=["whatsapp"])
+    )
     await whatsapp.settle()
 
     assert whatsapp.accepted[0].body["type"] == "text"
@@ -470,7 +478,7 @@ async def test_bulletin_hears_of_a_closed_window_from_the_failed_status(stack: S
         events = (await delivery(stack, sent["id"]))["events"]
         return any("131047" in str(event) for event in events)
 
-    await until(recorded)
+    await eventually(recorded)
 
 
 async def test_a_webhook_nobody_answers_counts_as_failed_instead_of_hanging(

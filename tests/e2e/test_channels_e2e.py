@@ -4,17 +4,14 @@ replies come back through signed webhooks, and failures fall back so each person
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from api_helpers import add_people, body_of, notify, problem
 from bulletin.channels import twilio as twilio_wire
+from bulletin.channels.accounts import webhook_path
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
 from bulletin.deliveries.models import Delivery
 from bulletin.devservers.twilio import TwilioServer
@@ -25,7 +22,6 @@ from bulletin.devservers.whatsapp import (
     webhook_body,
 )
 from bulletin.orgs.keys import Scope
-from bulletin.webhooks.accounts import webhook_path
 from conftest import Api, make_settings
 from e2e.stack import (
     TW_FROM,
@@ -38,6 +34,10 @@ from e2e.stack import (
     free_port,
     serve,
 )
+from support.http import body_of, problem
+from support.http_factories import notify, post_people
+from support.settling import settled_notification
+from support.waiting import eventually
 
 PHONE = "+27821234567"
 ZANELE: dict[str, Any] = {
@@ -49,29 +49,10 @@ ZANELE: dict[str, Any] = {
 }
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.03)
-
-
 async def deliveries(stack: Stack, message_id: str) -> list[dict[str, Any]]:
     body = body_of(await stack.api.get(f"/v1/notifications/{message_id}"), 200)
     found: list[dict[str, Any]] = body["deliveries"]
     return found
-
-
-async def settled(stack: Stack, message_id: str) -> list[dict[str, Any]]:
-    """Wait until the notification is completed; its deliveries."""
-
-    async def done() -> bool:
-        body = body_of(await stack.api.get(f"/v1/notifications/{message_id}"), 200)
-        return bool(body["state"] == "completed")
-
-    await until(done)
-    return await deliveries(stack, message_id)
 
 
 async def delivery(stack: Stack, delivery_id: int) -> dict[str, Any]:
@@ -107,7 +88,7 @@ async def test_whatsapp_outside_the_window_sends_the_template_and_receipts_move_
     stack: Stack,
 ) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api,
         "zanele",
@@ -115,7 +96,7 @@ async def test_whatsapp_outside_the_window_sends_the_template_and_receipts_move_
         body="Shift at {{ recipient.attributes.site }}",
         channels=["whatsapp", "email"],
     )
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     assert (sent["channel"], sent["state"]) == ("whatsapp", "sent")
     [accepted] = stack.whatsapp.accepted
     assert accepted.to == "27821234567"
@@ -145,9 +126,9 @@ async def test_whatsapp_webhooks_with_a_bad_or_missing_signature_change_nothing(
     stack: Stack,
 ) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", channels=["whatsapp"])
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     wamid = stack.whatsapp.accepted[0].wamid
     payload = status_payload(WA_NUMBER_ID, wamid, "delivered", PHONE, str(sent["id"]))
     assert await post_whatsapp(stack, payload, secret="not-the-secret") == 401
@@ -188,10 +169,10 @@ async def test_an_inbound_message_opens_the_window_for_free_text_and_stop_opts_o
     stack: Stack,
 ) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     assert await post_whatsapp(stack, inbound_payload(WA_NUMBER_ID, PHONE, "hello")) == 200
     message_id = await notify(stack.api, "zanele", title="Hi", body="Inside the window")
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     assert sent["channel"] == "whatsapp"
     accepted = stack.whatsapp.accepted[-1]
     assert accepted.body["type"] == "text"
@@ -201,17 +182,17 @@ async def test_an_inbound_message_opens_the_window_for_free_text_and_stop_opts_o
     person = body_of(await stack.api.get("/v1/recipients/zanele/preferences"), 200)
     assert person["channels"]["whatsapp"] is False
     second = await notify(stack.api, "zanele", title="Hi", body="After STOP")
-    [after] = await settled(stack, second)
+    [after] = await settled_notification(stack.api, second)
     assert after["channel"] == "email"
     assert len(stack.whatsapp.accepted) == 1
 
 
 async def test_an_undeliverable_whatsapp_number_falls_back_to_email_once(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     stack.whatsapp.fail_next(code=131026)
     message_id = await notify(stack.api, "zanele", channels=["whatsapp", "email", "sms"])
-    rows = await settled(stack, message_id)
+    rows = await settled_notification(stack.api, message_id)
     by_channel = {d["channel"]: d["state"] for d in rows}
     assert by_channel == {"whatsapp": "failed", "email": "sent"}
     assert stack.whatsapp.accepted == []
@@ -221,14 +202,14 @@ async def test_an_undeliverable_whatsapp_number_falls_back_to_email_once(stack: 
 
 async def test_a_failed_receipt_after_acceptance_falls_back(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", channels=["whatsapp", "sms"])
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     wamid = stack.whatsapp.accepted[0].wamid
     payload = status_payload(WA_NUMBER_ID, wamid, "failed", PHONE, str(sent["id"]))
     assert await post_whatsapp(stack, payload) == 200
-    await until(lambda: _has_channel(stack, message_id, "sms", "sent"))
-    rows = await settled(stack, message_id)
+    await eventually(lambda: _has_channel(stack, message_id, "sms", "sent"))
+    rows = await settled_notification(stack.api, message_id)
     assert {d["channel"]: d["state"] for d in rows} == {"whatsapp": "failed", "sms": "sent"}
     assert len(stack.twilio.accepted) == 1
     # The same failure reported again makes nothing new.
@@ -244,10 +225,10 @@ async def _has_channel(stack: Stack, message_id: str, channel: str, state: str) 
 
 async def test_a_send_in_doubt_is_not_resent_and_a_receipt_settles_it(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     stack.whatsapp.inject(DropAfterAccept())
     message_id = await notify(stack.api, "zanele", channels=["whatsapp", "email"])
-    [doubt] = await settled(stack, message_id)
+    [doubt] = await settled_notification(stack.api, message_id)
     assert (doubt["channel"], doubt["state"]) == ("whatsapp", "unknown")
     [accepted] = stack.whatsapp.accepted
     assert stack.smtp.received == []  # unknown is not a failure: no fallback, no resend
@@ -260,9 +241,9 @@ async def test_no_template_and_a_closed_window_moves_on_without_calling_whatsapp
     stack: Stack,
 ) -> None:
     await stack.configure(template=None)
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", channels=["whatsapp", "email"])
-    rows = await settled(stack, message_id)
+    rows = await settled_notification(stack.api, message_id)
     assert {d["channel"]: d["state"] for d in rows} == {"whatsapp": "failed", "email": "sent"}
     failed = next(d for d in rows if d["channel"] == "whatsapp")
     assert "24 hours" in failed["reason"]
@@ -271,29 +252,37 @@ async def test_no_template_and_a_closed_window_moves_on_without_calling_whatsapp
 
 async def test_fallback_after_moves_on_when_no_delivery_report_comes(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api, "zanele", channels=["whatsapp", "email"], fallback_after="1s"
     )
-    await until(lambda: _has_channel(stack, message_id, "email", "sent"))
-    rows = await settled(stack, message_id)
+    await eventually(lambda: _has_channel(stack, message_id, "email", "sent"))
+    rows = await settled_notification(stack.api, message_id)
     assert {d["channel"]: d["state"] for d in rows} == {"whatsapp": "sent", "email": "sent"}
     assert len(stack.smtp.received) == 1
 
 
 async def test_a_delivery_report_in_time_means_no_fallback(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api, "zanele", channels=["whatsapp", "email"], fallback_after="2s"
     )
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     wamid = stack.whatsapp.accepted[0].wamid
     assert await whatsapp_status(stack, wamid, "delivered", sent["id"]) == 200
-    await asyncio.sleep(2.5)
+    # A later notification without a report: once its fallback has gone out, the deadline of
+    # the first, which is earlier, has been looked at too.
+    marker_id = await notify(
+        stack.api, "zanele", channels=["whatsapp", "email"], fallback_after="2s"
+    )
+    await eventually(lambda: _has_channel(stack, marker_id, "email", "sent"))
     rows = await deliveries(stack, message_id)
     assert [(d["channel"], d["state"]) for d in rows] == [("whatsapp", "delivered")]
-    assert stack.smtp.received == []
+    [marker_email] = [d for d in await deliveries(stack, marker_id) if d["channel"] == "email"]
+    assert [r.message["X-Bulletin-Delivery"] for r in stack.smtp.received] == [
+        str(marker_email["id"])
+    ]
 
 
 # --- Twilio SMS ----------------------------------------------------------------------------
@@ -301,11 +290,11 @@ async def test_a_delivery_report_in_time_means_no_fallback(stack: Stack) -> None
 
 async def test_sms_status_callbacks_are_verified_and_move_deliveries_forward(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api, "zanele", title="Gate", body="Closed today", channels=["sms"]
     )
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     [sms] = stack.twilio.accepted
     assert sms.to == PHONE
     assert sms.from_ == TW_FROM
@@ -343,7 +332,7 @@ async def test_sms_status_callbacks_are_verified_and_move_deliveries_forward(sta
 
 async def test_sms_stop_and_start_replies_change_the_persons_choice(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     url = hook_url(stack, "sms")
     reply = await stack.twilio.send_inbound(stack.http, url, PHONE, TW_FROM, "Stop")
     assert reply.status == 200
@@ -351,7 +340,7 @@ async def test_sms_stop_and_start_replies_change_the_persons_choice(stack: Stack
     person = body_of(await stack.api.get("/v1/recipients/zanele/preferences"), 200)
     assert person["channels"]["sms"] is False
     message_id = await notify(stack.api, "zanele", channels=["sms"])
-    [row] = await settled(stack, message_id)
+    [row] = await settled_notification(stack.api, message_id)
     assert row["state"] == "suppressed"
     assert stack.twilio.accepted == []
 
@@ -359,19 +348,19 @@ async def test_sms_stop_and_start_replies_change_the_persons_choice(stack: Stack
     person = body_of(await stack.api.get("/v1/recipients/zanele/preferences"), 200)
     assert person["channels"]["sms"] is True
     again = await notify(stack.api, "zanele", channels=["sms"])
-    [row] = await settled(stack, again)
+    [row] = await settled_notification(stack.api, again)
     assert row["state"] == "sent"
 
 
 async def test_twilio_21610_fails_and_suppresses_the_number(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     stack.twilio.fail_next(1, code=21610, http_status=400)
     first = await notify(stack.api, "zanele", channels=["sms", "email"])
-    rows = await settled(stack, first)
+    rows = await settled_notification(stack.api, first)
     assert {d["channel"]: d["state"] for d in rows} == {"sms": "failed", "email": "sent"}
     second = await notify(stack.api, "zanele", channels=["sms"])
-    [row] = await settled(stack, second)
+    [row] = await settled_notification(stack.api, second)
     assert row["state"] == "suppressed"
     assert "suppression list" in row["reason"]
 
@@ -381,7 +370,7 @@ async def test_twilio_21610_fails_and_suppresses_the_number(stack: Stack) -> Non
 
 async def test_email_arrives_with_unsubscribe_headers_and_the_link_works(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api,
         "zanele",
@@ -391,7 +380,7 @@ async def test_email_arrives_with_unsubscribe_headers_and_the_link_works(stack: 
         category="payroll",
         overrides={"email": {"html": "<p>{{ body }}</p>"}},
     )
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     [mail] = stack.smtp.received
     email = mail.message
     assert email["Subject"] == "Payslips"
@@ -462,9 +451,9 @@ async def test_secrets_are_write_only_and_encrypted_at_rest(
     assert all("EAAG" not in s and TW_TOKEN not in s and WA_SECRET not in s for s in sealed)
 
     # Sends still work with the kept token.
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", channels=["whatsapp"])
-    [sent] = await settled(stack, message_id)
+    [sent] = await settled_notification(stack.api, message_id)
     assert sent["state"] == "sent"
     logged = capsys.readouterr()
     assert "channels.configured" in logged.out  # the logs were captured...
@@ -528,10 +517,10 @@ async def test_a_single_organization_install_configures_providers_by_environment
                 ["auth_token"],
             )
             assert TW_TOKEN not in str(channels)
-            await add_people(api, ZANELE)
+            await post_people(api, ZANELE)
             message_id = await notify(api, "zanele", channels=["sms"])
 
-            await until(functools.partial(_completed, api, message_id))
+            await eventually(functools.partial(_completed, api, message_id))
             [sms_sent] = twilio.accepted
             assert sms_sent.status_callback is not None
             assert sms_sent.status_callback.startswith(

@@ -3,11 +3,13 @@ WhatsApp free text and templates through the Cloud API, with Bulletin served ove
 
 from __future__ import annotations
 
-from api_helpers import add_people, body_of, notify
 from bulletin.devservers.whatsapp import inbound_payload
 from bulletin.orgs.keys import Scope
 from e2e.stack import WA_NUMBER_ID, Stack
-from e2e.test_channels_e2e import PHONE, ZANELE, post_whatsapp, settled
+from e2e.test_channels_e2e import PHONE, ZANELE, post_whatsapp
+from support.http import body_of
+from support.http_factories import notify, post_people
+from support.settling import settled_notification
 
 
 async def enable_text_links(stack: Stack) -> None:
@@ -29,11 +31,11 @@ async def test_an_email_carries_the_link_in_its_footer_and_one_click_headers(
     stack: Stack,
 ) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(
         stack.api, "zanele", title="Canteen", body="Closed", channels=["email"]
     )
-    await settled(stack, message_id)
+    await settled_notification(stack.api, message_id)
     [mail] = stack.smtp.received
     email = mail.message
 
@@ -62,9 +64,9 @@ async def test_an_email_carries_the_link_in_its_footer_and_one_click_headers(
 
 async def test_texts_carry_no_link_unless_the_organization_enables_it(stack: Stack) -> None:
     await stack.configure()
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", title="Gate", body="Closed", channels=["sms"])
-    await settled(stack, message_id)
+    await settled_notification(stack.api, message_id)
     [sms] = stack.twilio.accepted
     assert sms.body == "Gate\nClosed"
 
@@ -72,9 +74,9 @@ async def test_texts_carry_no_link_unless_the_organization_enables_it(stack: Sta
 async def test_an_sms_carries_the_short_link_when_enabled(stack: Stack) -> None:
     await stack.configure()
     await enable_text_links(stack)
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
     message_id = await notify(stack.api, "zanele", title="Gate", body="Closed", channels=["sms"])
-    await settled(stack, message_id)
+    await settled_notification(stack.api, message_id)
     [sms] = stack.twilio.accepted
 
     text, link = split_link(sms.body)
@@ -88,11 +90,11 @@ async def test_an_sms_carries_the_short_link_when_enabled(stack: Stack) -> None:
 async def test_whatsapp_free_text_carries_the_link_and_a_template_does_not(stack: Stack) -> None:
     await stack.configure()
     await enable_text_links(stack)
-    await add_people(stack.api, ZANELE)
+    await post_people(stack.api, ZANELE)
 
     # The window is closed: an approved template goes, its parameters exactly as configured.
     template_id = await notify(stack.api, "zanele", title="Hi", body="Shift", channels=["whatsapp"])
-    await settled(stack, template_id)
+    await settled_notification(stack.api, template_id)
     [template] = stack.whatsapp.accepted
     assert template.body["type"] == "template"
     parameters = [p["text"] for p in template.body["template"]["components"][0]["parameters"]]
@@ -100,7 +102,7 @@ async def test_whatsapp_free_text_carries_the_link_and_a_template_does_not(stack
 
     assert await post_whatsapp(stack, inbound_payload(WA_NUMBER_ID, PHONE, "hello")) == 200
     text_id = await notify(stack.api, "zanele", title="Hi", body="Inside", channels=["whatsapp"])
-    await settled(stack, text_id)
+    await settled_notification(stack.api, text_id)
     free = stack.whatsapp.accepted[-1]
     assert free.body["type"] == "text"
     body, link = split_link(free.body["text"]["body"])

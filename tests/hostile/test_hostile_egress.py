@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from api_helpers import add_people, body_of, notify, person, problem
 from bulletin.bootstrap import default_registry
 from bulletin.channels.base import OutboundMessage
 from bulletin.channels.configs import WhatsAppCloudConfig
@@ -39,6 +38,8 @@ from bulletin.db import Database
 from bulletin.errors import TransientSendError
 from bulletin.orgs.keys import Scope
 from conftest import Api, _running_api, make_settings
+from support.http import body_of, problem
+from support.http_factories import notify, person_json, post_people
 
 WA_NUMBER_ID = "100000000000001"
 TW_SID = "AC" + "1" * 32
@@ -193,7 +194,7 @@ SENDS_TO_A_NAME_THAT_LEADS_INWARD = [
 
 async def send_one(api: Api, channel: str) -> dict[str, Any]:
     """Send one notification on ``channel`` and wait for its delivery to end."""
-    await add_people(api, person(1, phone=PHONE, whatsapp=PHONE))
+    await post_people(api, person_json(1, phone=PHONE, whatsapp=PHONE))
     message_id = await notify(api, "p1", channels=[channel])
     for _ in range(500):
         deliveries = body_of(await api.get(f"/v1/notifications/{message_id}"), 200)["deliveries"]

@@ -19,8 +19,9 @@ import httpx
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from api_helpers import add_people, body_of, person, problem
 from conftest import Api
+from support.http import body_of, problem
+from support.http_factories import person_json, post_people
 
 #: A guard against a stall, not a measure of speed (tests never time anything): these requests
 #: take milliseconds, the stalls this file reproduces took minutes, and a shared machine under
@@ -45,7 +46,7 @@ async def send_raw(api: Api, method: str, path: str, raw: str, **headers: str) -
 async def victim_with_people(api: Api) -> tuple[Api, dict[str, Any]]:
     """A second organization with one person, and its listing as it is before any attack."""
     victim = await api.other_org("Victim")
-    await add_people(victim, person(1, attributes={"site": "Durban", "grade": 7}))
+    await post_people(victim, person_json(1, attributes={"site": "Durban", "grade": 7}))
     return victim, body_of(await victim.get("/v1/recipients"), 200)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from api_helpers import body_of, cursor_after, every, problem
 from bulletin.orgs.keys import Scope, digest
 from bulletin.orgs.models import ApiKey
 from conftest import Api
+from support.http import body_of, cursor_after, every, problem
 
 NOT_IDS = [
     "abc",

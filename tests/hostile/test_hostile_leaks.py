@@ -11,8 +11,6 @@ Two organizations on one installation, on SQLite and PostgreSQL through the real
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,14 +18,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from api_helpers import add_people, announce, body_of, deliveries_of
 from bulletin.app import create_app
 from bulletin.crypto import generate_key
 from bulletin.orgs.keys import Scope
 from bulletin.recipients import repository as recipients
+from bulletin.recipients.links import PreferenceLinks
 from bulletin.sandbox.schemas import redact_preference_links
-from bulletin.web.links import PreferenceLinks
 from conftest import Api, make_settings
+from support.http import body_of, get_deliveries
+from support.http_factories import post_announcement, post_people
+from support.settling import settled_deliveries
 
 # The environment's accounts: every value here identifies them, and none may reach a tenant.
 ENV_WHATSAPP_NUMBER_ID = "109876543210987"
@@ -153,16 +153,6 @@ ZOE: dict[str, Any] = {"external_id": "zoe", "name": "Zoë", "email": "zoe@examp
 SIPHO: dict[str, Any] = {"external_id": "sipho", "name": "Sipho", "email": "sipho@example.org"}
 
 
-async def settled(api: Api, message_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await deliveries_of(api, message_id)
-        if rows and all(r["state"] not in ("pending", "sending") for r in rows):
-            return rows
-        assert time.monotonic() < deadline, rows
-        await asyncio.sleep(0.05)
-
-
 async def recipient_id(api: Api, external_id: str) -> int:
     async with api.services.db.read() as session:
         found = await recipients.get(session, api.org_id, external_id)
@@ -184,8 +174,8 @@ async def stored_categories(api: Api, external_id: str) -> dict[str, bool]:
 async def test_a_preference_page_names_only_topics_its_person_was_sent(live_api: Api) -> None:
     a = live_api
     b = await a.other_org("B")
-    await add_people(a, ZOE, SIPHO)
-    await add_people(b, ZOE)
+    await post_people(a, ZOE, SIPHO)
+    await post_people(b, ZOE)
     for org, to, category in (
         (a, "zoe", "payroll"),
         (a, "sipho", "confidential-layoffs"),  # A's, but never sent to Zoë
@@ -193,7 +183,7 @@ async def test_a_preference_page_names_only_topics_its_person_was_sent(live_api:
         (b, "zoe", "b-only-topic"),  # another organization's, to its own Zoë
     ):
         extra = {"category": category} if category else {}
-        await settled(org, await announce(org, {"recipients": [to]}, **extra))
+        await settled_deliveries(org, await post_announcement(org, {"recipients": [to]}, **extra))
     body_of(await a.put("/v1/recipients/zoe/preferences", {"categories": {"canteen": False}}), 200)
 
     path = urlsplit(await link_of(a, "zoe")).path
@@ -235,19 +225,19 @@ async def test_a_read_key_never_sees_a_preference_link(live_api: Api) -> None:
     a = live_api
     b = await a.other_org("B")
     zoe = {**ZOE, "phone": "+27821234567"}
-    await add_people(a, zoe)
-    await add_people(b, zoe)
+    await post_people(a, zoe)
+    await post_people(b, zoe)
     enabled = await a.client.patch(
         "/v1/organization",
         json={"preference_links_in_texts": True},
         headers=a.headers(Scope.ADMIN),
     )
     body_of(enabled, 200)
-    email = await announce(a, channels=["email"], category="payroll")
-    sms = await announce(a, channels=["sms"], title="Gate", body="Closed")
-    theirs = await announce(b, channels=["email"])
+    email = await post_announcement(a, channels=["email"], category="payroll")
+    sms = await post_announcement(a, channels=["sms"], title="Gate", body="Closed")
+    theirs = await post_announcement(b, channels=["email"])
     for org, message in ((a, email), (a, sms), (b, theirs)):
-        await settled(org, message)
+        await settled_deliveries(org, message)
     link = await link_of(a, "zoe")
     token = link.rsplit("/", 1)[1]
     assert len(token) > 16
@@ -267,7 +257,7 @@ async def test_a_read_key_never_sees_a_preference_link(live_api: Api) -> None:
         answer = await a.get(route, Scope.READ)
         assert answer.status_code == 200, (route, answer.text)
         assert token not in answer.text, route
-    for delivery in await deliveries_of(a, email) + await deliveries_of(a, sms):
+    for delivery in await get_deliveries(a, email) + await get_deliveries(a, sms):
         detail = await a.get(f"/v1/deliveries/{delivery['id']}", Scope.READ)
         assert detail.status_code == 200, detail.text
         assert token not in detail.text

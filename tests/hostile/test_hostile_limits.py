@@ -13,12 +13,13 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 
-from api_helpers import person, problem
 from bulletin.app import create_app
 from bulletin.orgs.keys import Scope
 from bulletin.ratelimits.service import RateLimits
 from bulletin.ratelimits.storage import share_size
 from conftest import Api, make_settings
+from support.http import problem
+from support.http_factories import person_json
 
 #: A fixed time in the middle of an hour, so that no window ends during a test.
 NOON = 1_796_126_400.0 + 1800
@@ -78,7 +79,7 @@ async def test_a_key_over_its_limit_gets_429_and_other_keys_do_not(database_url:
         # Another organization's key, and another scope of the same organization, go on.
         for _ in range(5):
             assert (await victim.get("/v1/recipients")).status_code == 200
-        send = await attacker.post("/v1/recipients/batch", {"recipients": [person(1)]})
+        send = await attacker.post("/v1/recipients/batch", {"recipients": [person_json(1)]})
         assert send.status_code == 200, send.text
         assert send.headers["ratelimit-policy"].startswith('"send";')
 

@@ -32,11 +32,11 @@ from sqlalchemy import text
 
 from bulletin import logs
 from bulletin.app import create_app
-from bulletin.bootstrap import Services
 from bulletin.crypto import generate_key
 from bulletin.orgs.keys import Scope
 from bulletin.providers import repository as providers_repository
 from bulletin.providers import service as providers
+from bulletin.services import Services
 from conftest import Api, make_settings
 
 SMTP = {

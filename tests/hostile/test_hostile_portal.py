@@ -24,13 +24,14 @@ import structlog
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from api_helpers import add_people, body_of
 from bulletin.deliveries.models import Delivery
 from bulletin.messages.models import Message
+from bulletin.recipients.links import PreferenceLinks
 from bulletin.recipients.models import Recipient
-from bulletin.web.links import PreferenceLinks
 from bulletin.web.portal import accounts
 from conftest import Api
+from support.http import body_of
+from support.http_factories import post_people
 
 PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -57,7 +58,7 @@ async def signed_in(api: Api, email: str) -> str:
 
 async def unknown_delivery(api: Api) -> tuple[uuid.UUID, int]:
     """A completed announcement of ``api``'s organization with one delivery in ``unknown``."""
-    await add_people(api, {"external_id": "p1", "name": "P", "email": "p1@example.com"})
+    await post_people(api, {"external_id": "p1", "name": "P", "email": "p1@example.com"})
     now = dt.datetime.now(dt.UTC)
     async with api.services.db.transaction() as session:
         recipient_id = (
@@ -211,7 +212,7 @@ async def test_every_portal_page_carries_the_headers(api: Api) -> None:
 
 
 async def test_every_page_behind_a_link_carries_the_headers(api: Api) -> None:
-    await add_people(api, {"external_id": "zoe", "name": "Zoë", "email": "zoe@example.org"})
+    await post_people(api, {"external_id": "zoe", "name": "Zoë", "email": "zoe@example.org"})
     async with api.services.db.read() as session:
         zoe = (
             await session.execute(select(Recipient.id).where(Recipient.external_id == "zoe"))

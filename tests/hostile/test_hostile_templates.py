@@ -14,17 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from api_helpers import (
-    add_people,
-    announce,
-    body_of,
-    deliveries_of,
-    person,
-    problem,
-    sandbox_of,
-    wait_for_state,
-)
 from conftest import Api
+from support.http import body_of, get_deliveries, problem, sandbox_of
+from support.http_factories import person_json, post_announcement, post_people
+from support.settling import wait_for_state
 
 BUDGET = "the template exceeded its rendering budget"
 
@@ -63,17 +56,17 @@ async def test_a_template_heavy_only_for_one_person_fails_only_that_delivery(
     live_api: Api,
 ) -> None:
     api = live_api
-    await add_people(api, person(1), person(2, attributes={"team": "night"}))
+    await post_people(api, person_json(1), person_json(2, attributes={"team": "night"}))
     # The probe, and p1, never take the branch; p2's attributes do.
     body = (
         '{% if recipient.external_id != "probe" and recipient.attributes.team == "night" %}'
         f"{NESTED_LOOPS}{{% endif %}}Shift plan for {{{{ recipient.name }}}}"
     )
-    message_id = await announce(api, title="Rota", body=body)
+    message_id = await post_announcement(api, title="Rota", body=body)
 
     await wait_for_state(api, f"/v1/announcements/{message_id}", "completed")
-    sent = await deliveries_of(api, message_id, state="sent")
-    failed = await deliveries_of(api, message_id, state="failed")
+    sent = await get_deliveries(api, message_id, state="sent")
+    failed = await get_deliveries(api, message_id, state="failed")
     assert [d["recipient"] for d in sent] == ["p1"]
     assert [d["recipient"] for d in failed] == ["p2"]
     assert failed[0]["reason"].startswith(BUDGET)

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from api_helpers import add_people, notify, person
 from bulletin.channels import twilio
+from bulletin.channels.accounts import webhook_path
 from bulletin.channels.whatsapp import SIGNATURE_HEADER, sign
 from bulletin.config import Settings
 from bulletin.crypto import generate_key
@@ -36,8 +36,8 @@ from bulletin.devservers.whatsapp import inbound_payload, status_payload, webhoo
 from bulletin.messages.models import Message
 from bulletin.orgs.keys import Scope
 from bulletin.recipients.models import Recipient
-from bulletin.webhooks.accounts import webhook_path
 from conftest import Api, make_settings
+from support.http_factories import notify, person_json, post_people
 
 PUBLIC_URL = "http://bulletin.test"
 PHONE = "+27821234567"
@@ -165,7 +165,7 @@ async def world(api: Api) -> World:
     b = Tenant(other, "100000000000002", "b-app-secret", "AC" + "b" * 32, "b-token", "+14155550102")
     for tenant in (a, b):
         await configure(tenant)
-        await add_people(tenant.api, person(1, phone=PHONE))
+        await post_people(tenant.api, person_json(1, phone=PHONE))
     db = api.services.db
     texts = await notify(a.api, "p1", channels=["whatsapp", "sms"], routing="all")
     # Email first, SMS only if the email fails: what a forged failure would set off.
@@ -369,7 +369,7 @@ async def test_a_default_account_receipt_for_a_delivery_of_an_organizations_own_
     account serves C now, but not the delivery C's own account sent."""
     c = await api.other_org("C")
     db = api.services.db
-    await add_people(c, person(1, phone=PHONE))
+    await post_people(c, person_json(1, phone=PHONE))
     message_id = await notify(c, "p1", channels=["whatsapp"])
     await _resolve(db, message_id)
     [delivery_id] = (await _delivery_ids(db, message_id)).values()
@@ -429,7 +429,7 @@ async def test_a_replayed_stop_after_a_start_leaves_the_channel_on(
     else:
         # An organization without accounts of its own, served by the environment's.
         org = await api.other_org("C")
-        await add_people(org, person(1, phone=PHONE))
+        await post_people(org, person_json(1, phone=PHONE))
         whatsapp_path, twilio_path = OLD_WHATSAPP, OLD_TWILIO
         number, secret = ENV_WA_NUMBER, ENV_WA_SECRET
         sid, token, to = ENV_TW_SID, ENV_TW_TOKEN, ENV_TW_FROM

@@ -7,6 +7,7 @@ STARTTLS or with implicit TLS, and what the server received is parsed and checke
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +17,11 @@ from structlog.testing import capture_logs
 
 from bulletin.channels.base import OutboundMessage
 from bulletin.channels.configs import SmtpConfig
-from bulletin.channels.smtp import SmtpProvider, build_email
+from bulletin.channels.smtp import SmtpProvider
 from bulletin.devservers.smtp import ReceivedEmail, SmtpServer
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
-from factories import outbound_message
+from support.outbound import outbound_message
+from support.waiting import eventually
 
 SENDER = "notices@water.example.org"
 RECIPIENT = "zoe@example.net"
@@ -90,7 +92,9 @@ async def test_the_email_arrives_with_encoded_headers_and_both_parts(
 ) -> None:
     message = make_message(42, unsubscribe_url="https://bulletin.example.org/u/abc?x=1&y=2")
 
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the Date header has seconds
     accepted = await provider.send(message)
+    after = dt.datetime.now(dt.UTC)
 
     [received] = server.received
     assert received.envelope_from == SENDER
@@ -104,7 +108,7 @@ async def test_the_email_arrives_with_encoded_headers_and_both_parts(
     assert email["To"].addresses[0].display_name == "Zoë Ångström"
     assert email["To"].addresses[0].addr_spec == RECIPIENT
     assert email["Subject"] == "Wasser: Störung in Köln ☔"
-    assert email["Date"].datetime is not None
+    assert before <= email["Date"].datetime <= after
     assert email["Message-ID"] == f"<bulletin.{message.message_id}.42@water.example.org>"
     assert accepted.provider_message_id == email["Message-ID"]
     assert email["X-Bulletin-Delivery"] == "42"
@@ -175,15 +179,6 @@ async def test_international_addresses_use_idna_domains_and_smtputf8(
     assert idna.message["To"].addresses[0].addr_spec == "user@xn--bcher-kva.example"
     assert utf8.recipients == ("zoë@example.net",)
     assert utf8.message["To"].addresses[0].addr_spec == "zoë@example.net"
-
-
-def test_build_email_puts_a_line_broken_title_on_one_line() -> None:
-    config = SmtpConfig(host="smtp.example.org", from_address=SENDER)
-
-    email = build_email(make_message(title="Line one\r\nBcc: evil@example.org"), config)
-
-    assert email["Subject"] == "Line one Bcc: evil@example.org"
-    assert "Bcc" not in email
 
 
 async def test_the_provider_describes_its_account(server: SmtpServer) -> None:
@@ -526,7 +521,11 @@ async def test_a_send_that_never_got_a_connection_is_transient_not_in_doubt(
     server.data_delay = 1.0
     try:
         first = asyncio.create_task(provider.send(make_message(1)))
-        await asyncio.sleep(0.05)
+
+        async def first_holds_the_connection() -> bool:
+            return server.connections == 1
+
+        await eventually(first_holds_the_connection)
         with pytest.raises(TransientSendError, match="nothing was sent"):
             await provider.send(make_message(2))
         await first

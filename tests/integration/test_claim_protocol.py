@@ -1,4 +1,4 @@
-"""The claim protocol of ARCHITECTURE.md, exercised on the real repository and databases."""
+"""The claim protocol of docs/architecture.md, exercised on the real repository and databases."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ import pytest
 from sqlalchemy import event, select, update
 
 from bulletin.db import Database, utcnow
-from bulletin.deliveries import repository
+from bulletin.deliveries import queue, repository
 from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.messages.models import Message
-from factories import add_people, announce, deliveries_of, new_org, person
+from support.db_factories import (
+    delivery_rows,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
 
 LEASE = dt.timedelta(seconds=30)
 
@@ -32,21 +38,21 @@ async def _resolve_all(db: Database, message: Message, chunk: int = 1000) -> Non
             return
 
 
-async def _claim(db: Database, limit: int = 100) -> list[repository.ClaimedRow]:
+async def _claim(db: Database, limit: int = 100) -> list[queue.ClaimedRow]:
     now = utcnow()
     async with db.transaction() as session:
-        return await repository.claim(session, now, now + LEASE, limit)
+        return await queue.claim(session, now, now + LEASE, limit)
 
 
 async def _complete(db: Database, outcomes: list[Outcome]) -> list[Outcome]:
     async with db.transaction() as session:
-        return await repository.complete(session, outcomes, utcnow())
+        return await queue.complete(session, outcomes, utcnow())
 
 
 async def test_claim_takes_due_pending_rows_once(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(5)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(i) for i in range(5)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
 
     first = await _claim(db, limit=3)
@@ -58,16 +64,16 @@ async def test_claim_takes_due_pending_rows_once(db: Database) -> None:
     assert third == []
     assert {r.id for r in first}.isdisjoint({r.id for r in second})
     assert all(r.attempt == 1 and r.send_attempts == 1 for r in first + second)
-    rows = await deliveries_of(db, message.id)
+    rows = await delivery_rows(db, message.id)
     assert {d.state for d in rows} == {"sending"}
     assert all(d.lease_expires_at is not None and d.lease_expires_at > utcnow() for d in rows)
 
 
 async def test_claim_ignores_rows_not_yet_due(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     later = utcnow() + dt.timedelta(minutes=5)
-    message = await announce(db, org, send_at=later.isoformat())
+    message = await insert_announcement(db, org, send_at=later.isoformat())
     await _resolve_all(db, message)
     assert await _claim(db) == []
     async with db.read() as session:
@@ -76,8 +82,8 @@ async def test_claim_ignores_rows_not_yet_due(db: Database) -> None:
 
 async def test_completion_is_fenced_by_attempt(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     [row] = await _claim(db)
 
@@ -101,7 +107,7 @@ async def test_completion_is_fenced_by_attempt(db: Database) -> None:
     # A repeat of the same completion changes nothing.
     assert await _complete(db, [owner]) == []
 
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert delivery.state == "sent"
     assert delivery.provider_message_id == "x"
     assert delivery.lease_expires_at is None
@@ -112,8 +118,8 @@ async def test_completion_is_fenced_by_attempt(db: Database) -> None:
 
 async def test_proof_of_acceptance_settles_unknown_of_same_attempt_only(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1), person(2)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1), person_row(2)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     rows = await _claim(db)
     a, b = rows
@@ -128,30 +134,48 @@ async def test_proof_of_acceptance_settles_unknown_of_same_attempt_only(db: Data
     applied = await _complete(db, [late_success, late_failure, wrong_attempt])
 
     assert applied == [late_success]
-    states = {d.id: d.state for d in await deliveries_of(db, message.id)}
+    states = {d.id: d.state for d in await delivery_rows(db, message.id)}
     assert states == {a.id: "sent", b.id: "unknown"}
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_concurrent_claims_never_share_a_row(db: Database) -> None:
-    org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(300)])
-    message = await announce(db, org)
-    await _resolve_all(db, message, chunk=128)
+    """G1 where claims really overlap: 20 transactions begin together, then each claims.
 
-    batches = await asyncio.gather(*[_claim(db, limit=20) for _ in range(20)])
+    PostgreSQL only: SQLite writers take turns, so there a claim without row locks would
+    pass too. Here a claim that does not lock and skip the rows another claim holds takes
+    them a second time.
+    """
+    org = await new_org(db)
+    await insert_people(db, org, [person_row(i) for i in range(300)])
+    message = await insert_announcement(db, org)
+    await _resolve_all(db, message, chunk=128)
+    claimers = 20
+    all_begun = asyncio.Barrier(claimers)
+
+    async def claim_with_the_others() -> list[queue.ClaimedRow]:
+        async with db.transaction() as session:
+            await session.execute(select(1))  # holds a connection, in its transaction
+            await all_begun.wait()
+            now = utcnow()
+            return await queue.claim(session, now, now + LEASE, 20)
+
+    batches = await asyncio.gather(*[claim_with_the_others() for _ in range(claimers)])
     claimed = [r.id for batch in batches for r in batch]
     assert len(claimed) == len(set(claimed))
     assert len(claimed) == 300
+    assert {d.attempt for d in await delivery_rows(db, message.id)} == {1}
 
 
 async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
     org = await new_org(db)
-    await add_people(
+    await insert_people(
         db,
         org,
-        [person(i, groups=["sales", "north"] if i % 2 else ["sales"]) for i in range(50)],
+        [person_row(i, groups=["sales", "north"] if i % 2 else ["sales"]) for i in range(50)],
     )
-    message = await announce(db, org, {"groups": ["sales", "north"]})
+    message = await insert_announcement(db, org, {"groups": ["sales", "north"]})
 
     # A first attempt writes a chunk and then dies before committing.
     async def crash_after_one_chunk() -> None:
@@ -163,7 +187,7 @@ async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
 
     with pytest.raises(RuntimeError):
         await crash_after_one_chunk()
-    assert await deliveries_of(db, message.id) == []
+    assert await delivery_rows(db, message.id) == []
 
     # Chunks commit one by one; replaying a chunk whose cursor was lost makes nothing twice.
     async with db.transaction() as session:
@@ -177,46 +201,46 @@ async def test_resolution_is_idempotent_and_resumable(db: Database) -> None:
         fresh.audience_size = 0
     await _resolve_all(db, message, chunk=20)
 
-    rows = await deliveries_of(db, message.id)
+    rows = await delivery_rows(db, message.id)
     assert len(rows) == 50
     assert len({d.recipient_id for d in rows}) == 50
 
 
 async def test_routing_all_makes_one_delivery_per_channel(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1, phone="+27821234567", whatsapp="+27821234567")])
-    message = await announce(db, org, channels=["email", "sms"], routing="all")
+    await insert_people(db, org, [person_row(1, phone="+27821234567", whatsapp="+27821234567")])
+    message = await insert_announcement(db, org, channels=["email", "sms"], routing="all")
     await _resolve_all(db, message)
-    assert sorted(d.channel for d in await deliveries_of(db, message.id)) == ["email", "sms"]
+    assert sorted(d.channel for d in await delivery_rows(db, message.id)) == ["email", "sms"]
 
 
 async def test_routing_first_picks_the_first_usable_channel(db: Database) -> None:
     org = await new_org(db)
-    ids = await add_people(
+    ids = await insert_people(
         db,
         org,
         [
-            person(1, whatsapp="+27821234567"),  # whatsapp first
-            person(2),  # email only
-            person(3, email=None, phone="+27821234568"),  # sms only
+            person_row(1, whatsapp="+27821234567"),  # whatsapp first
+            person_row(2),  # email only
+            person_row(3, email=None, phone="+27821234568"),  # sms only
         ],
     )
-    message = await announce(db, org)
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
-    channel_of = {d.recipient_id: d.channel for d in await deliveries_of(db, message.id)}
+    channel_of = {d.recipient_id: d.channel for d in await delivery_rows(db, message.id)}
     assert channel_of == {ids["p1"]: "whatsapp", ids["p2"]: "email", ids["p3"]: "sms"}
 
 
 async def test_cancel_pending_records_an_event_for_each(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(4)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(i) for i in range(4)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     [claimed] = await _claim(db, limit=1)
     async with db.transaction() as session:
         cancelled = await repository.cancel_pending(session, message.id, utcnow())
     assert cancelled == 3
-    rows = await deliveries_of(db, message.id)
+    rows = await delivery_rows(db, message.id)
     assert sorted(d.state for d in rows) == ["cancelled"] * 3 + ["sending"]
     async with db.read() as session:
         events = (
@@ -229,8 +253,8 @@ async def test_cancel_pending_records_an_event_for_each(db: Database) -> None:
 
 async def test_expired_leases_are_found(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1), person(2)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1), person_row(2)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     a, _b = await _claim(db)
     async with db.transaction() as session:
@@ -240,7 +264,7 @@ async def test_expired_leases_are_found(db: Database) -> None:
             .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
         )
     async with db.transaction() as session:
-        expired = await repository.expired_leases(session, utcnow(), 10)
+        expired = await queue.expired_leases(session, utcnow(), 10)
     assert [r.id for r in expired] == [a.id]
 
 
@@ -268,8 +292,8 @@ async def test_resolution_work_is_linear_without_planner_statistics(
     Counts rows processed by the plan (EXPLAIN ANALYZE), not time, so it is not a timing test.
     """
     org = await new_org(db)
-    await add_people(db, org, [person(i, groups=["sales", "north"]) for i in range(3000)])
-    message = await announce(db, org, audience)
+    await insert_people(db, org, [person_row(i, groups=["sales", "north"]) for i in range(3000)])
+    message = await insert_announcement(db, org, audience)
     captured: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
@@ -312,8 +336,8 @@ async def test_a_send_in_flight_at_cancel_that_must_be_retried_is_cancelled_not_
     """G5: the delivery was sending when the cancel came; its send then failed for a while.
     It must end cancelled, and no later claim may start it again."""
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     (claimed,) = await _claim(db)
 
@@ -322,7 +346,7 @@ async def test_a_send_in_flight_at_cancel_that_must_be_retried_is_cancelled_not_
     assert len(await _complete(db, [retry])) == 1
 
     assert await _claim(db) == []
-    (delivery,) = await deliveries_of(db, message.id)
+    (delivery,) = await delivery_rows(db, message.id)
     assert delivery.state == "cancelled"
     assert delivery.reason == "message cancelled"
 
@@ -333,8 +357,8 @@ async def test_claims_pass_pending_deliveries_of_cancelled_messages_and_tidying_
     """A retry written in the same instant as the cancel can leave a delivery pending in a
     cancelled message: no claim starts it, and the scheduler's tidying cancels it."""
     org = await new_org(db)
-    await add_people(db, org, [person(1), person(2)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1), person_row(2)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     async with db.transaction() as session:
         await session.execute(
@@ -344,7 +368,7 @@ async def test_claims_pass_pending_deliveries_of_cancelled_messages_and_tidying_
     assert await _claim(db) == []
     async with db.transaction() as session:
         assert await repository.cancel_orphans(session, utcnow()) == 2
-    assert {d.state for d in await deliveries_of(db, message.id)} == {"cancelled"}
+    assert {d.state for d in await delivery_rows(db, message.id)} == {"cancelled"}
 
 
 async def test_a_late_hand_back_of_the_same_attempt_undoes_unknown(db: Database) -> None:
@@ -352,8 +376,8 @@ async def test_a_late_hand_back_of_the_same_attempt_undoes_unknown(db: Database)
     then the worker could finally write that it never called the provider. That is
     certain, so the delivery goes back to the queue; a later attempt's hand-back is not."""
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     await _resolve_all(db, message)
     [row] = await _claim(db)
     doubt = Outcome(row.id, row.attempt, DeliveryState.UNKNOWN, "the worker's lease expired")
@@ -372,6 +396,6 @@ async def test_a_late_hand_back_of_the_same_attempt_undoes_unknown(db: Database)
         gave_back=True,
     )
     assert await _complete(db, [released]) == [released]
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert delivery.state == "pending"
     assert delivery.send_attempts == row.send_attempts - 1

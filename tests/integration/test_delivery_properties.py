@@ -8,7 +8,7 @@ their providers answer in any order (accepted, transient, permanent, in doubt, o
 worker frozen past its lease, or killed); leases run out and are reaped; receipts arrive late,
 out of order, twice, or for deliveries nobody knows; people change their preferences, reply
 STOP and are deactivated; messages are cancelled. After every step the guarantees of
-ARCHITECTURE.md are checked against what the database holds and what the providers saw, and at
+docs/architecture.md are checked against what the database holds and what the providers saw, and at
 the end everything is drained: every delivery must then say what happened to it.
 
 Time: the engine reads the wall clock, so the machine moves time forward by moving every
@@ -61,23 +61,25 @@ from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
-from bulletin.deliveries import receipts, repository
+from bulletin.deliveries import progress, queue, receipts, repository
 from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
 from bulletin.deliveries.outcomes import Outcome, SuppressAddress
-from bulletin.deliveries.states import DeliveryState, MessageState
+from bulletin.deliveries.states import DeliveryState
 from bulletin.errors import Conflict, InDoubtSendError, PermanentSendError, TransientSendError
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.messages.models import Message
+from bulletin.messages.states import MessageState
 from bulletin.recipients import schemas as recipient_schemas
 from bulletin.recipients import service as recipients
+from bulletin.signals import Hub, Notifier, Wakeup
 from bulletin.worker.completer import Completer
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
-from bulletin.worker.signals import Hub, Notifier, Wakeup
-from conftest import IN_CI, make_settings
-from factories import add_people, announce, new_org, person
+from conftest import make_settings
+from support.ci import IN_CI
+from support.db_factories import insert_announcement, insert_people, new_org, person_row
 
 T = TypeVar("T")
 
@@ -112,7 +114,7 @@ SCHEDULED_MINUTES = 30
 TIME_STEPS = (6, 20, 120)
 
 S = DeliveryState
-#: Every move a delivery may make in one step (ARCHITECTURE.md, "The delivery state machine").
+#: Every move a delivery may make in one step (docs/architecture.md, "States").
 EDGES: dict[S, frozenset[S]] = {
     S.PENDING: frozenset({S.SENDING, S.CANCELLED}),
     S.SENDING: frozenset(
@@ -154,7 +156,7 @@ _RECEIPT_LADDER = {S.SENDING: 0, S.UNKNOWN: 0, S.SENT: 1, S.DELIVERED: 2, S.READ
 
 
 def receipt_should_move(current: S, reported: S) -> bool:
-    """ARCHITECTURE.md: receipts only move forward; a failure counts only before delivery."""
+    """docs/architecture.md: receipts only move forward; a failure counts only before delivery."""
     if reported == S.FAILED:
         return current in {S.SENDING, S.SENT, S.UNKNOWN}
     return current in _RECEIPT_LADDER and _RECEIPT_LADDER[reported] > _RECEIPT_LADDER[current]
@@ -482,7 +484,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         )
         self.workers = {name: self._new_worker(name) for name in WORKERS}
         rows = [
-            person(
+            person_row(
                 n,
                 email=f"p{n}@example.com" if "email" in addresses else None,
                 phone=f"+2782555{n:04d}" if "phone" in addresses else None,
@@ -494,7 +496,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 
         async def make() -> dict[str, int]:
             self.org_id = await new_org(self.db)
-            return await add_people(self.db, self.org_id, rows)
+            return await insert_people(self.db, self.org_id, rows)
 
         ids = self.run(make())
         self.people = [
@@ -925,7 +927,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 
         async def cancel() -> int:
             async with self.db.transaction() as session:
-                _, cancelled = await messages.cancel(session, self.org_id, message.id, message.kind)
+                _, cancelled = await progress.cancel(session, self.org_id, message.id, message.kind)
                 return cancelled
 
         try:
@@ -1150,22 +1152,22 @@ async def test_a_stale_outcome_next_to_the_current_one_in_a_batch_is_fenced_out(
     of the current claim of the same delivery (it claimed the delivery again after its lease
     ran out). Only the current one is applied, recorded and acted on."""
     org = await new_org(db)
-    await add_people(db, org, [person(1, phone="+27821234567")])
-    message = await announce(db, org, channels=["email", "sms"])
+    await insert_people(db, org, [person_row(1, phone="+27821234567")])
+    message = await insert_announcement(db, org, channels=["email", "sms"])
     async with db.transaction() as session:
         loaded = await session.get(Message, message.id)
         assert loaded is not None
         await resolve_chunk(session, loaded, 10)
 
-    async def claim() -> repository.ClaimedRow:
+    async def claim() -> queue.ClaimedRow:
         now = utcnow()
         async with db.transaction() as session:
-            [row] = await repository.claim(session, now, now + dt.timedelta(minutes=1), 10)
+            [row] = await queue.claim(session, now, now + dt.timedelta(minutes=1), 10)
         return row
 
     async def complete(outcomes: list[Outcome]) -> list[Outcome]:
         async with db.transaction() as session:
-            return await repository.complete(session, outcomes, utcnow())
+            return await queue.complete(session, outcomes, utcnow())
 
     first = await claim()
     # The lease ran out and the in-doubt policy put the delivery back; it is claimed again.
@@ -1204,7 +1206,7 @@ async def test_a_send_in_doubt_at_a_deduplicating_provider_is_not_moved_to_anoth
     could reach them twice: it is suppressed instead, and says why."""
     org = await new_org(db)
     number = "+27821234567"
-    ids = await add_people(db, org, [person(1, email=None, phone=number, whatsapp=number)])
+    ids = await insert_people(db, org, [person_row(1, email=None, phone=number, whatsapp=number)])
     async with db.transaction() as session:
         body = message_schemas.NotificationIn(
             title="Hello", body="Body", recipient="p1", channels=["whatsapp", "sms"]

@@ -6,35 +6,37 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import func, select, update
+from structlog.testing import capture_logs
 
 from bulletin.bootstrap import running
 from bulletin.channels.base import Accepted, OutboundMessage
 from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
-from bulletin.channels.sandbox import SandboxProvider
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
+from bulletin.deliveries import progress
 from bulletin.deliveries.models import Delivery
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
-from bulletin.messages import service as messages
 from bulletin.messages.models import Message
 from bulletin.sandbox.models import SandboxMessage
+from bulletin.sandbox.provider import SandboxProvider
 from bulletin.worker import dispatcher
 from conftest import make_settings
-from factories import add_people, announce, count_states, deliveries_of, new_org, person
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+from support.db_factories import (
+    count_states,
+    delivery_rows,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
+from support.waiting import eventually
 
 
 def message_state(db: Database, message_id: object, state: str) -> Callable[[], Awaitable[bool]]:
@@ -65,8 +67,8 @@ async def sandbox_rows(db: Database) -> list[SandboxMessage]:
 
 async def test_each_recipient_is_sent_once(settings: Settings, db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(300)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(i) for i in range(300)])
+    message = await insert_announcement(db, org)
     sandbox = CountingSandbox(db)
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(sandbox)
@@ -86,8 +88,10 @@ async def test_many_workers_and_schedulers_send_each_recipient_once(settings: Se
     """G1 and G2 under contention: 4 dispatchers and 2 schedulers, each with its own pool."""
     setup = Database(settings.database_url)
     org = await new_org(setup)
-    await add_people(setup, org, [person(i, groups=["all-staff", "site-a"]) for i in range(2000)])
-    message = await announce(setup, org, {"groups": ["all-staff", "site-a"]})
+    await insert_people(
+        setup, org, [person_row(i, groups=["all-staff", "site-a"]) for i in range(2000)]
+    )
+    message = await insert_announcement(setup, org, {"groups": ["all-staff", "site-a"]})
     tuned = make_settings(settings.database_url, claim_batch_size=50, resolve_chunk_size=250)
 
     databases = [Database(settings.database_url, pool_size=4) for _ in range(6)]
@@ -128,8 +132,8 @@ async def test_worker_that_stalls_past_its_lease_does_not_cause_a_second_send(
 ) -> None:
     """A worker stops mid-send, its lease expires, another worker runs, then it wakes."""
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     zombie_provider = RecordingProvider(name="p", deduplicates=deduplicates)
     zombie_provider.stall = asyncio.Event()
     healthy_provider = RecordingProvider(name="p", deduplicates=deduplicates)
@@ -160,7 +164,7 @@ async def test_worker_that_stalls_past_its_lease_does_not_cause_a_second_send(
             assert other.engine is not None
             assert other.engine.scheduler is not None
             await other.engine.scheduler.reap_expired()
-            [delivery] = await deliveries_of(db, message.id)
+            [delivery] = await delivery_rows(db, message.id)
             if deduplicates:
                 # Policy: the provider recognises the delivery id, so it is sent again.
                 await eventually(lambda: _has_state(db, delivery.id, "sent"))
@@ -168,7 +172,11 @@ async def test_worker_that_stalls_past_its_lease_does_not_cause_a_second_send(
             else:
                 assert delivery.state == "unknown"
                 assert "may or may not" in (delivery.reason or "")
-                await asyncio.sleep(0.5)  # give the healthy worker every chance to resend
+                # A later delivery: once the healthy worker has sent it, it has run the claim
+                # that would have taken the earlier one, were it claimable again.
+                await insert_people(db, org, [person_row(2)])
+                marker = await insert_announcement(db, org, {"recipients": ["p2"]})
+                await eventually(lambda: _sent_some_of(healthy_provider, marker.id))
                 assert healthy_provider.calls[delivery.id] == 0
         await other_db.dispose()
         # The frozen worker wakes up and finishes its call.
@@ -177,7 +185,7 @@ async def test_worker_that_stalls_past_its_lease_does_not_cause_a_second_send(
         assert zombie.engine.dispatcher is not None
         await zombie.engine.dispatcher.completer.wait_idle()
 
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert zombie_provider.calls[delivery.id] == 1
     assert delivery.state == "sent"
     if deduplicates:
@@ -199,13 +207,15 @@ async def test_cancel_racing_the_worker_stops_every_later_send(
 ) -> None:
     """G5: once cancel has answered, nothing more of the message is sent."""
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(400)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(i) for i in range(400)])
+    message = await insert_announcement(db, org)
+    message_id = message.id
     call_times: list[float] = []
 
     class Slow(RecordingProvider):
         async def send(self, message: OutboundMessage) -> Accepted:
-            call_times.append(time.monotonic())
+            if message.message_id == message_id:
+                call_times.append(time.monotonic())
             await asyncio.sleep(0.01)
             return await super().send(message)
 
@@ -216,23 +226,32 @@ async def test_cancel_racing_the_worker_stops_every_later_send(
     ):
         await eventually(lambda: _calls_at_least(call_times, 40))
         async with db.transaction() as session:
-            _, cancelled = await messages.cancel(session, org, message.id, "announcement")
-        in_flight = await messages.wait_for_in_flight(db, message.id, 5.0)
+            _, cancelled = await progress.cancel(session, org, message.id, "announcement")
+        in_flight = await progress.wait_for_in_flight(db, message.id, 5.0)
         answered = time.monotonic()
-        await asyncio.sleep(0.5)  # the worker keeps running after the cancel
+        # The worker keeps running: a message made after the cancel is due after every
+        # delivery of the cancelled one, so once it is sent, none of those is still waiting.
+        await insert_people(db, org, [person_row(1000)])
+        marker = await insert_announcement(db, org, {"recipients": ["p1000"]})
+        await eventually(lambda: _sent_some_of(provider, marker.id))
 
     assert in_flight == 0
     assert cancelled > 0
     assert [t for t in call_times if t > answered] == []
     states = await count_states(db, message.id)
     assert set(states) <= {"sent", "cancelled"}
-    assert states["sent"] == len(provider.accepted) == len(call_times)
+    sent_of_message = [m for m in provider.accepted if m.message_id == message.id]
+    assert states["sent"] == len(sent_of_message) == len(call_times)
     assert states["cancelled"] == cancelled
     assert states["sent"] + states["cancelled"] == 400
 
 
 async def _calls_at_least(calls: list[float], n: int) -> bool:
     return len(calls) >= n
+
+
+async def _sent_some_of(provider: RecordingProvider, message_id: uuid.UUID) -> bool:
+    return any(m.message_id == message_id for m in provider.accepted)
 
 
 def flaky(failures: int, error: Exception) -> Callable[[OutboundMessage], None]:
@@ -266,15 +285,15 @@ async def test_provider_errors_end_in_the_right_state(
     reason: str,
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     provider = RecordingProvider(name="p", behaviour=flaky(failures, error))
     tuned = make_settings(settings.database_url, max_attempts=3)
     async with running(
         tuned, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
     ):
         await eventually(message_state(db, message.id, "completed"))
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert delivery.state == state
     assert reason in (delivery.reason or "")
     assert provider.calls[delivery.id] == calls
@@ -283,17 +302,17 @@ async def test_provider_errors_end_in_the_right_state(
 
 async def test_permanent_failure_can_suppress_the_address(settings: Settings, db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    first = await announce(db, org, channels=["email"])
+    await insert_people(db, org, [person_row(1)])
+    first = await insert_announcement(db, org, channels=["email"])
     error = PermanentSendError("mailbox does not exist", suppress_address=True)
     provider = RecordingProvider(name="p", behaviour=flaky(1, error))
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
     ):
         await eventually(message_state(db, first.id, "completed"))
-        second = await announce(db, org, channels=["email"])
+        second = await insert_announcement(db, org, channels=["email"])
         await eventually(message_state(db, second.id, "completed"))
-    [delivery] = await deliveries_of(db, second.id)
+    [delivery] = await delivery_rows(db, second.id)
     assert delivery.state == "suppressed"
     assert "email: email address is on the suppression list" in (delivery.reason or "")
     assert sum(provider.calls.values()) == 1
@@ -301,8 +320,8 @@ async def test_permanent_failure_can_suppress_the_address(settings: Settings, db
 
 async def test_graceful_stop_finishes_sends_in_flight(settings: Settings, db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     provider = RecordingProvider(name="p")
     provider.stall = asyncio.Event()
     async with running(
@@ -310,13 +329,18 @@ async def test_graceful_stop_finishes_sends_in_flight(settings: Settings, db: Da
     ) as svc:
         await asyncio.wait_for(provider.started.wait(), 10)
         assert svc.engine is not None
-        stopping = asyncio.create_task(svc.engine.stop())
-        await asyncio.sleep(0.2)
+        with capture_logs() as logs:
+            stopping = asyncio.create_task(svc.engine.stop())
+
+            async def draining() -> bool:
+                return any(e["event"] == "worker.draining" for e in logs)
+
+            await eventually(draining)
         assert not stopping.done(), "stop did not wait for the send in flight"
         provider.stall.set()
         await asyncio.wait_for(stopping, 10)
         svc.engine = None  # already stopped
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert delivery.state == "sent"
 
 
@@ -324,8 +348,8 @@ async def test_send_cut_off_by_the_grace_period_is_in_doubt(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    message = await insert_announcement(db, org)
     provider = RecordingProvider(name="p")
     provider.stall = asyncio.Event()  # never set: the provider never answers
     tuned = make_settings(settings.database_url, shutdown_grace_seconds=0.3)
@@ -333,7 +357,7 @@ async def test_send_cut_off_by_the_grace_period_is_in_doubt(
         tuned, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
     ):
         await asyncio.wait_for(provider.started.wait(), 10)
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     assert delivery.state == "unknown"
     assert "interrupted by shutdown" in (delivery.reason or "")
 
@@ -345,9 +369,9 @@ async def test_a_cancel_stops_deliveries_claimed_ahead_of_their_time(
     it waits for its time stops it."""
     monkeypatch.setattr(dispatcher, "CLAIM_AHEAD", dt.timedelta(seconds=5))
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(3)])
+    await insert_people(db, org, [person_row(i) for i in range(3)])
     due = utcnow() + dt.timedelta(seconds=2)
-    message = await announce(db, org, send_at=due.isoformat())
+    message = await insert_announcement(db, org, send_at=due.isoformat())
     provider = RecordingProvider(name="p")
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
@@ -358,14 +382,23 @@ async def test_a_cancel_stops_deliveries_claimed_ahead_of_their_time(
 
         await eventually(all_claimed)
         async with db.transaction() as session:
-            await messages.cancel(session, org, message.id, "announcement")
-        await asyncio.sleep(max(0.0, (due - utcnow()).total_seconds()) + 0.5)
+            await progress.cancel(session, org, message.id, "announcement")
+        # A message due just after them, not cancelled: once it is sent, their time has come.
+        await insert_people(db, org, [person_row(9)])
+        marker = await insert_announcement(
+            db,
+            org,
+            {"recipients": ["p9"]},
+            send_at=(due + dt.timedelta(seconds=0.2)).isoformat(),
+        )
+        await eventually(lambda: _sent_some_of(provider, marker.id))
 
-        async def all_cancelled() -> bool:
-            return await count_states(db, message.id) == {"cancelled": 3}
+        async def all_settled() -> bool:
+            return not {"pending", "sending"} & set(await count_states(db, message.id))
 
-        await eventually(all_cancelled)
-    assert provider.accepted == []
+        await eventually(all_settled)
+    assert await count_states(db, message.id) == {"cancelled": 3}
+    assert [m.message_id for m in provider.accepted] == [marker.id]
 
 
 async def test_idle_worker_sends_a_scheduled_message_on_time(
@@ -377,7 +410,7 @@ async def test_idle_worker_sends_a_scheduled_message_on_time(
     one process on SQLite, and from a separate API process via LISTEN/NOTIFY on PostgreSQL.
     """
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     provider = RecordingProvider(name="p")
     tuned = make_settings(settings.database_url, idle_poll_seconds=30)
     api_db = Database(settings.database_url) if backend == "postgresql" else db
@@ -394,7 +427,7 @@ async def test_idle_worker_sends_a_scheduled_message_on_time(
             )
         await asyncio.sleep(0.5)  # everyone is idle, the listener is connected
         due = utcnow() + dt.timedelta(seconds=1.5)
-        await announce(api_db, org, send_at=due.isoformat())
+        await insert_announcement(api_db, org, send_at=due.isoformat())
         api.notifier.work_available()  # what the API does after each commit
         await eventually(lambda: _calls_at_least([0.0] * len(provider.sent_at), 1), timeout=40)
     if api_db is not db:
@@ -408,7 +441,7 @@ async def test_quiet_hours_defer_and_urgent_does_not(settings: Settings, db: Dat
     now = utcnow()
     start = (now - dt.timedelta(hours=1)).strftime("%H:%M")
     end = (now + dt.timedelta(hours=2)).strftime("%H:%M")
-    ids = await add_people(db, org, [person(1, timezone="UTC")])
+    ids = await insert_people(db, org, [person_row(1, timezone="UTC")])
     async with db.transaction() as session:
         from bulletin.recipients.models import Recipient
 
@@ -417,15 +450,15 @@ async def test_quiet_hours_defer_and_urgent_does_not(settings: Settings, db: Dat
             .where(Recipient.id == ids["p1"])
             .values(quiet_start=start, quiet_end=end)
         )
-    normal = await announce(db, org)
-    urgent = await announce(db, org, urgent=True)
+    normal = await insert_announcement(db, org)
+    urgent = await insert_announcement(db, org, urgent=True)
     provider = RecordingProvider(name="p")
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
     ):
         await eventually(message_state(db, urgent.id, "completed"))
         await eventually(lambda: _has_state_for(db, normal.id, "pending"))
-    [deferred] = await deliveries_of(db, normal.id)
+    [deferred] = await delivery_rows(db, normal.id)
     assert deferred.state == "pending"
     assert deferred.send_attempts == 0
     assert "quiet hours" in (deferred.reason or "")

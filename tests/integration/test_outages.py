@@ -1,11 +1,11 @@
 """G6 for the database: it may be missing at start, or go away and come back, at any moment.
 
-PostgreSQL is reached through :class:`~outage_proxy.OutageProxy`, which cuts every connection
-and refuses (or silently holds) new ones without disturbing the shared server. What is checked
-is what a user sees: the API listens at once and answers 503 with ``Retry-After`` (never a 500,
-never a hang) until the database is there; the engine waits the outage out and resumes; every
-delivery ends ``sent``, handed to the provider once; no outcome learned while the database was
-away is lost.
+PostgreSQL is reached through :class:`~support.outage_proxy.OutageProxy`, which cuts every
+connection and refuses (or silently holds) new ones without disturbing the shared server. What
+is checked is what a user sees: the API listens at once and answers 503 with ``Retry-After``
+(never a 500, never a hang) until the database is there; the engine waits the outage out and
+resumes; every delivery ends ``sent``, handed to the provider once; no outcome learned while
+the database was away is lost.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
 
-from api_helpers import problem
 from bulletin import migrate
 from bulletin.app import create_app
 from bulletin.bootstrap import running
@@ -41,7 +40,7 @@ from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, is_unavailable, utcnow
-from bulletin.deliveries import repository
+from bulletin.deliveries import queue
 from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.deliveries.outcomes import Outcome
@@ -49,11 +48,20 @@ from bulletin.deliveries.states import DeliveryState
 from bulletin.devservers.whatsapp import Latency, WhatsAppCloudServer
 from bulletin.messages.models import Message
 from bulletin.orgs import service as orgs
+from bulletin.signals import CHANNEL, Hub, Listener
 from bulletin.worker.completer import Completer
-from bulletin.worker.signals import CHANNEL, Hub, Listener
 from conftest import PG_URL, make_settings
-from factories import add_people, announce, count_states, deliveries_of, new_org, person
-from outage_proxy import OutageProxy, free_port
+from support.db_factories import (
+    count_states,
+    delivery_rows,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
+from support.http import problem
+from support.outage_proxy import OutageProxy, free_port
+from support.waiting import eventually
 
 WA_TOKEN = "EAAG-outage-token"
 WA_NUMBER_ID = "100000000000001"
@@ -67,14 +75,6 @@ def outage_settings(database_url: str, **overrides: Any) -> Settings:
         db_pool_timeout_seconds=1.0,
         **overrides,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -353,10 +353,10 @@ async def test_the_engine_waits_out_an_outage_and_sends_each_delivery_once(
             claim_batch_size=in_flight,
         )
         org = await new_org(direct)
-        await add_people(
-            direct, org, [person(i, whatsapp=f"+2782555{i:04d}") for i in range(people)]
+        await insert_people(
+            direct, org, [person_row(i, whatsapp=f"+2782555{i:04d}") for i in range(people)]
         )
-        message = await announce(direct, org, channels=["whatsapp"])
+        message = await insert_announcement(direct, org, channels=["whatsapp"])
 
         with structlog.testing.capture_logs() as logged:
             async with running(settings, dispatch=True, schedule=True):
@@ -367,7 +367,12 @@ async def test_the_engine_waits_out_an_outage_and_sends_each_delivery_once(
                 await eventually(some_sent)
                 await proxy.cut()  # with sends in flight at the provider
                 at_cut = len(wa.accepted)
-                await asyncio.sleep(3)
+                logged_at_cut = len(logged)
+
+                async def a_claim_failed() -> bool:
+                    return any(e["event"] == "worker.claim_failed" for e in logged[logged_at_cut:])
+
+                await eventually(a_claim_failed)
                 # Sends already started could finish; nothing new could be claimed.
                 assert len(wa.accepted) <= at_cut + in_flight
                 assert len(wa.accepted) < people
@@ -384,7 +389,7 @@ async def test_the_engine_waits_out_an_outage_and_sends_each_delivery_once(
         assert events["worker.complete_failed"] > 0, "no outcome had to wait for the database"
         assert events["worker.claim_failed"] + events["scheduler.tick_failed"] > 0
 
-        ids = {d.id for d in await deliveries_of(direct, message.id)}
+        ids = {d.id for d in await delivery_rows(direct, message.id)}
         handed_over = Counter(int(m.body["biz_opaque_callback_data"]) for m in wa.accepted)
         assert set(handed_over) == ids
         assert set(handed_over.values()) == {1}, "a delivery was handed to WhatsApp twice"
@@ -419,20 +424,25 @@ async def test_deliveries_claimed_as_the_database_goes_away_go_back_unsent(
     provider = RecordingProvider()  # does not deduplicate: in doubt would mean unknown
     registry = CutAfterClaim(provider, proxy)
     org = await new_org(direct)
-    await add_people(direct, org, [person(i) for i in range(5)])
-    message = await announce(direct, org, channels=["email"])
+    await insert_people(direct, org, [person_row(i) for i in range(5)])
+    message = await insert_announcement(direct, org, channels=["email"])
     settings = outage_settings(proxy.url(pg_url))
-    async with running(settings, dispatch=True, schedule=True, registry=registry):
-        async with asyncio.timeout(30):
-            await registry.cut.wait()
-        await asyncio.sleep(1.5)
-        assert provider.calls == Counter()
-        await proxy.restore()
+    with structlog.testing.capture_logs() as logged:
+        async with running(settings, dispatch=True, schedule=True, registry=registry):
+            async with asyncio.timeout(30):
+                await registry.cut.wait()
 
-        async def all_sent() -> bool:
-            return await count_states(direct, message.id) == {"sent": 5}
+            async def decided() -> bool:  # their outcome is waiting for the database
+                return any(e["event"] == "worker.complete_failed" for e in logged)
 
-        await eventually(all_sent)
+            await eventually(decided)
+            assert provider.calls == Counter()
+            await proxy.restore()
+
+            async def all_sent() -> bool:
+                return await count_states(direct, message.id) == {"sent": 5}
+
+            await eventually(all_sent)
     assert set(provider.calls.values()) == {1}
     async with direct.read() as session:
         released = await session.scalar(
@@ -443,10 +453,10 @@ async def test_deliveries_claimed_as_the_database_goes_away_go_back_unsent(
     assert released == 5
 
 
-async def _one_claimed_per_person(db: Database, people: int) -> list[repository.ClaimedRow]:
+async def _one_claimed_per_person(db: Database, people: int) -> list[queue.ClaimedRow]:
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(people)])
-    message = await announce(db, org)
+    await insert_people(db, org, [person_row(i) for i in range(people)])
+    message = await insert_announcement(db, org)
     while True:
         async with db.transaction() as session:
             fresh = await session.get(Message, message.id)
@@ -456,7 +466,7 @@ async def _one_claimed_per_person(db: Database, people: int) -> list[repository.
             break
     now = utcnow()
     async with db.transaction() as session:
-        return await repository.claim(session, now, now + dt.timedelta(seconds=30), people)
+        return await queue.claim(session, now, now + dt.timedelta(seconds=30), people)
 
 
 @pytest.mark.postgres
@@ -497,7 +507,7 @@ async def test_an_outcome_the_database_missed_is_written_when_it_returns(
                 )
             now = utcnow()
             async with direct.transaction() as session:
-                [again] = await repository.claim(session, now, now + dt.timedelta(seconds=30), 5)
+                [again] = await queue.claim(session, now, now + dt.timedelta(seconds=30), 5)
             assert again.id == taken_over.id
             assert again.attempt == taken_over.attempt + 1
 

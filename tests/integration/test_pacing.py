@@ -28,11 +28,19 @@ from bulletin.errors import TransientSendError
 from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.worker import pacing
+from bulletin.worker import repository as pacing_rows
 from bulletin.worker.models import PacingSlot
 from bulletin.worker.pacing import Later
 from conftest import make_settings
-from factories import add_people, announce, count_states, new_org, person
-from integration.test_engine import eventually, message_state
+from integration.test_engine import message_state
+from support.db_factories import (
+    count_states,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
+from support.waiting import eventually
 
 
 class TimedProvider(RecordingProvider):
@@ -54,25 +62,27 @@ async def test_reservations_are_consecutive_and_bounded_by_the_horizon(db: Datab
     now = utcnow()
     horizon = dt.timedelta(seconds=1)
     async with db.transaction() as session:
-        first, after = await pacing.reserve(session, "a", 10.0, 4, now, horizon)
+        first, after = await pacing_rows.reserve(session, "a", 10.0, 4, now, horizon)
     assert [(t - now).total_seconds() for t in first] == pytest.approx([0, 0.1, 0.2, 0.3])
     async with db.transaction() as session:
-        second, after = await pacing.reserve(session, "a", 10.0, 20, now, horizon)
+        second, after = await pacing_rows.reserve(session, "a", 10.0, 20, now, horizon)
     # The second group starts where the first ended, and stops at the horizon.
     assert second[0] == first[-1] + dt.timedelta(seconds=0.1)
     assert len(second) == 7
     assert after == second[-1] + dt.timedelta(seconds=0.1)
     async with db.transaction() as session:
-        other, _ = await pacing.reserve(session, "b", 10.0, 1, now, horizon)
+        other, _ = await pacing_rows.reserve(session, "b", 10.0, 1, now, horizon)
     assert other == [now]  # accounts are independent
 
 
 async def test_a_pause_pushes_every_later_slot(db: Database) -> None:
     now = utcnow()
     async with db.transaction() as session:
-        await pacing.push_back(session, "a", now + dt.timedelta(seconds=30))
+        await pacing_rows.push_back(session, "a", now + dt.timedelta(seconds=30))
     async with db.transaction() as session:
-        slots, after = await pacing.reserve(session, "a", 10.0, 3, now, dt.timedelta(seconds=10))
+        slots, after = await pacing_rows.reserve(
+            session, "a", 10.0, 3, now, dt.timedelta(seconds=10)
+        )
     assert slots == []
     assert after == now + dt.timedelta(seconds=30)
 
@@ -81,13 +91,13 @@ async def test_the_pair_slot_is_taken_once_per_interval(db: Database) -> None:
     now = utcnow()
     gap = dt.timedelta(seconds=6)
     async with db.transaction() as session:
-        assert await pacing.take_pair(session, "wa", "+27820000001", gap, now) is None
+        assert await pacing_rows.take_pair(session, "wa", "+27820000001", gap, now) is None
     async with db.transaction() as session:
-        busy = await pacing.take_pair(session, "wa", "+27820000001", gap, now)
+        busy = await pacing_rows.take_pair(session, "wa", "+27820000001", gap, now)
     assert busy == now + gap
     async with db.transaction() as session:
-        assert await pacing.take_pair(session, "wa", "+27820000002", gap, now) is None
-        assert await pacing.take_pair(session, "wa", "+27820000001", gap, now + gap) is None
+        assert await pacing_rows.take_pair(session, "wa", "+27820000002", gap, now) is None
+        assert await pacing_rows.take_pair(session, "wa", "+27820000001", gap, now + gap) is None
 
 
 @pytest.mark.postgres
@@ -100,7 +110,7 @@ async def test_concurrent_reservations_never_share_a_slot(settings: Settings) ->
         found: list[dt.datetime] = []
         for _ in range(10):
             async with database.transaction() as session:
-                slots, _ = await pacing.reserve(
+                slots, _ = await pacing_rows.reserve(
                     session, "shared", 100.0, 3, now, dt.timedelta(seconds=60)
                 )
             found.extend(slots)
@@ -121,8 +131,8 @@ async def test_the_rate_holds_across_several_worker_processes(settings: Settings
     """Three dispatchers share one account limited to 20 messages a second."""
     setup = Database(settings.database_url)
     org = await new_org(setup)
-    await add_people(setup, org, [person(i) for i in range(60)])
-    message = await announce(setup, org, channels=["email"])
+    await insert_people(setup, org, [person_row(i) for i in range(60)])
+    message = await insert_announcement(setup, org, channels=["email"])
     rate = 20.0
     databases = [Database(settings.database_url, pool_size=4) for _ in range(3)]
     providers = [TimedProvider(rate) for _ in databases]
@@ -158,7 +168,7 @@ async def test_a_rate_limit_answer_pauses_the_whole_account(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(5)])
+    await insert_people(db, org, [person_row(i) for i in range(5)])
     # Slots 100 ms apart: the other sends are still waiting for theirs when the answer comes.
     provider = TimedProvider(rate=10.0)
     failed_at: list[float] = []
@@ -169,7 +179,7 @@ async def test_a_rate_limit_answer_pauses_the_whole_account(
             raise TransientSendError("130429: rate limit hit", retry_after=1.5, slow_down=True)
 
     provider.behaviour = first_call_is_throttled
-    message = await announce(db, org, channels=["email"])
+    message = await insert_announcement(db, org, channels=["email"])
     tuned = make_settings(settings.database_url, retry_base_seconds=0.01)
     async with running(
         tuned, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
@@ -186,7 +196,7 @@ async def test_messages_to_one_person_are_spaced_by_the_pair_interval(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     provider = TimedProvider(rate=None, pair=0.5)
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
@@ -212,9 +222,9 @@ async def test_sends_waiting_for_a_slot_at_shutdown_go_back_to_the_queue(
 ) -> None:
     """Cut off while waiting for its slot, a send was never made: pending, not unknown."""
     org = await new_org(db)
-    await add_people(db, org, [person(i) for i in range(4)])
+    await insert_people(db, org, [person_row(i) for i in range(4)])
     provider = TimedProvider(rate=1.0)
-    message = await announce(db, org, channels=["email"])
+    message = await insert_announcement(db, org, channels=["email"])
     tuned = make_settings(settings.database_url, shutdown_grace_seconds=0.1)
     async with running(
         tuned, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
@@ -237,17 +247,17 @@ async def test_sends_given_back_for_lack_of_a_slot_come_due_one_after_the_other(
     now = utcnow()
     gap = dt.timedelta(seconds=0.1)
     async with db.transaction() as session:
-        first = await pacing.queue_later(session, "a", 3, now, gap)
+        first = await pacing_rows.queue_later(session, "a", 3, now, gap)
     assert first == [now, now + gap, now + 2 * gap]
     async with db.transaction() as session:  # another worker gives back two at the same moment
-        second = await pacing.queue_later(session, "a", 2, now, gap)
+        second = await pacing_rows.queue_later(session, "a", 2, now, gap)
     assert second == [now + 3 * gap, now + 4 * gap]
     later = now + dt.timedelta(seconds=60)
     async with db.transaction() as session:
-        assert await pacing.queue_later(session, "a", 1, later, gap) == [later]
-        assert await pacing.queue_later(session, "b", 1, now, gap) == [now]
+        assert await pacing_rows.queue_later(session, "a", 1, later, gap) == [later]
+        assert await pacing_rows.queue_later(session, "b", 1, now, gap) == [now]
         # The account's own send slots are a schedule apart.
-        slots, _ = await pacing.reserve(session, "a", 10.0, 1, now, dt.timedelta(seconds=1))
+        slots, _ = await pacing_rows.reserve(session, "a", 10.0, 1, now, dt.timedelta(seconds=1))
     assert slots == [now]
 
 
@@ -267,7 +277,7 @@ async def test_slots_are_spaced_a_little_wider_than_the_rate(db: Database) -> No
     provider = TimedProvider(rate=100.0)
     now = utcnow()
     async with db.transaction() as session:
-        _, start = await pacing.reserve(
+        _, start = await pacing_rows.reserve(
             session, provider.account, 100.0, 1, now, dt.timedelta(seconds=1)
         )
     pacer = pacing.Pacer(db)
@@ -305,7 +315,7 @@ async def test_a_send_that_cannot_start_on_time_does_not_use_its_slot(db: Databa
     provider = TimedProvider(rate=10.0)
     async with db.transaction() as session:
         # The account is busy for the next second: the send's slot will be a second away.
-        _, slot = await pacing.reserve(
+        _, slot = await pacing_rows.reserve(
             session, provider.account, 1.0, 1, utcnow(), dt.timedelta(seconds=2)
         )
     _, logged = await _late_for_a_slot_after(
@@ -322,7 +332,7 @@ async def test_a_late_send_goes_out_when_the_account_has_room(db: Database) -> N
     provider = TimedProvider(rate=1000.0)
     async with db.transaction() as session:
         # The send's slot will be 0.3 s away, with nothing reserved after it.
-        _, slot = await pacing.reserve(
+        _, slot = await pacing_rows.reserve(
             session, provider.account, 1 / 0.3, 1, utcnow(), dt.timedelta(seconds=1)
         )
     answer, logged = await _late_for_a_slot_after(db, provider, slot, pacing.Pacer(db))

@@ -3,8 +3,6 @@ the organization setting, and the next message honouring what the person chose."
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from html.parser import HTMLParser
 from typing import Any
@@ -13,12 +11,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from api_helpers import add_people, announce, body_of, deliveries_of, problem, sandbox_of
 from bulletin.crypto import sign, signing_key
 from bulletin.orgs.keys import Scope
 from bulletin.recipients import repository as recipients
-from bulletin.web.links import PreferenceLinks, base36, preference_token
+from bulletin.recipients.links import PreferenceLinks, base36, preference_token
 from conftest import Api
+from support.http import body_of, problem, sandbox_of
+from support.http_factories import post_announcement, post_people
+from support.settling import settled_deliveries
 
 ZOE: dict[str, Any] = {
     "external_id": "zoe",
@@ -119,7 +119,9 @@ async def announce_payroll(api: Api) -> None:
     """Messages with categories sent to Zoë, so that her page lists their topics (a page lists
     only the topics of messages its person was sent: tests/hostile/test_hostile_leaks.py)."""
     for category in ("payroll", "safety"):
-        await settled(api, await announce(api, {"recipients": ["zoe"]}, category=category))
+        await settled_deliveries(
+            api, await post_announcement(api, {"recipients": ["zoe"]}, category=category)
+        )
 
 
 # --- the link and the page ------------------------------------------------------------------
@@ -127,7 +129,7 @@ async def announce_payroll(api: Api) -> None:
 
 async def test_the_page_shows_the_current_preferences(live_api: Api) -> None:
     api = live_api
-    await add_people(api, ZOE, SIPHO)
+    await post_people(api, ZOE, SIPHO)
     await announce_payroll(api)
     body = {
         "channels": {"sms": False},
@@ -152,7 +154,7 @@ async def test_the_page_shows_the_current_preferences(live_api: Api) -> None:
 
 
 async def test_only_channels_with_an_address_are_offered(api: Api) -> None:
-    await add_people(api, SIPHO)
+    await post_people(api, SIPHO)
     form = await open_form(api, await link_of(api, "sipho"))
     assert [v for (n, v) in form.checkboxes if n == "channel"] == ["email"]
 
@@ -166,7 +168,7 @@ async def refused(api: Api, path: str, method: str = "GET") -> str:
 
 
 async def test_edited_truncated_and_foreign_links_are_refused_alike(api: Api) -> None:
-    await add_people(api, ZOE, SIPHO)
+    await post_people(api, ZOE, SIPHO)
     zoe = await link_of(api, "zoe")
     sipho_id = await recipient_id(api, "sipho")
     token = zoe.removeprefix("/p/")
@@ -194,7 +196,7 @@ async def test_edited_truncated_and_foreign_links_are_refused_alike(api: Api) ->
 
 
 async def test_a_deactivated_person_s_link_is_refused(api: Api) -> None:
-    await add_people(api, ZOE)
+    await post_people(api, ZOE)
     path = await link_of(api, "zoe")
     assert (await api.delete("/v1/recipients/zoe")).status_code == 204
     await refused(api, path)
@@ -205,7 +207,7 @@ async def test_a_deactivated_person_s_link_is_refused(api: Api) -> None:
 
 async def test_saving_changes_the_preferences_and_confirms(live_api: Api) -> None:
     api = live_api
-    await add_people(api, ZOE, SIPHO)
+    await post_people(api, ZOE, SIPHO)
     await announce_payroll(api)
     path = await link_of(api, "zoe")
     form = await open_form(api, path)
@@ -252,7 +254,7 @@ async def test_saving_changes_the_preferences_and_confirms(live_api: Api) -> Non
 async def test_bad_input_gives_a_4xx_page_and_changes_nothing(
     api: Api, changes: dict[str, Any], says: str
 ) -> None:
-    await add_people(api, ZOE)
+    await post_people(api, ZOE)
     path = await link_of(api, "zoe")
     before = await preferences(api, "zoe")
     fields = submission(await open_form(api, path), **changes)
@@ -269,7 +271,7 @@ async def test_bad_input_gives_a_4xx_page_and_changes_nothing(
 
 
 async def test_a_form_without_its_check_or_from_another_site_is_refused(api: Api) -> None:
-    await add_people(api, ZOE)
+    await post_people(api, ZOE)
     path = await link_of(api, "zoe")
     form = await open_form(api, path)
     fields = submission(form, boxes={("channel", "email"): False})
@@ -289,7 +291,7 @@ async def test_a_form_without_its_check_or_from_another_site_is_refused(api: Api
 
 
 async def test_one_click_unsubscribe_opts_out_of_the_category_or_of_email(api: Api) -> None:
-    await add_people(api, ZOE)
+    await post_people(api, ZOE)
     path = await link_of(api, "zoe")
 
     page = await api.client.get(f"{path}/unsubscribe?category=payroll")
@@ -315,9 +317,9 @@ async def test_one_click_unsubscribe_opts_out_of_the_category_or_of_email(api: A
 
 async def test_unsubscribe_links_of_earlier_emails_still_work(live_api: Api) -> None:
     api = live_api
-    await add_people(api, ZOE)
-    message_id = await announce(api, {"recipients": ["zoe"]}, category="payroll")
-    [delivery] = await settled(api, message_id)
+    await post_people(api, ZOE)
+    message_id = await post_announcement(api, {"recipients": ["zoe"]}, category="payroll")
+    [delivery] = await settled_deliveries(api, message_id)
     delivery_id = delivery["id"]
     key = await signing_key(api.services.db)
     path = f"/v1/unsubscribe/{sign(key, str(delivery_id))}"
@@ -372,21 +374,11 @@ async def test_the_organization_setting_is_read_and_changed_by_admins(api: Api) 
 # --- the next message honours the choices ---------------------------------------------------
 
 
-async def settled(api: Api, message_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await deliveries_of(api, message_id)
-        if rows and all(r["state"] not in ("pending", "sending") for r in rows):
-            return rows
-        assert time.monotonic() < deadline, rows
-        await asyncio.sleep(0.05)
-
-
 async def test_saved_choices_apply_to_the_next_announcement(live_api: Api) -> None:
     api = live_api
-    await add_people(api, ZOE)
-    first = await announce(api, channels=["email", "sms"], category="payroll")
-    await settled(api, first)
+    await post_people(api, ZOE)
+    first = await post_announcement(api, channels=["email", "sms"], category="payroll")
+    await settled_deliveries(api, first)
     [email] = await sandbox_of(api, first)
     assert email["channel"] == "email"
     link = email["preference_url"]
@@ -397,8 +389,8 @@ async def test_saved_choices_apply_to_the_next_announcement(live_api: Api) -> No
     saved = await post_form(api, path, submission(form, boxes={("channel", "email"): False}))
     assert "Your preferences are saved" in saved.text
 
-    second = await announce(api, channels=["email", "sms"])
-    [delivery] = await settled(api, second)
+    second = await post_announcement(api, channels=["email", "sms"])
+    [delivery] = await settled_deliveries(api, second)
     assert (delivery["channel"], delivery["state"]) == ("sms", "sent")
     [sms] = await sandbox_of(api, second)
     assert sms["channel"] == "sms"
@@ -407,8 +399,8 @@ async def test_saved_choices_apply_to_the_next_announcement(live_api: Api) -> No
     form = await open_form(api, path)
     assert ("receive", "payroll") in form.checkboxes
     await post_form(api, path, submission(form, boxes={("receive", "payroll"): False}))
-    third = await announce(api, channels=["email", "sms"], category="payroll")
-    [delivery] = await settled(api, third)
+    third = await post_announcement(api, channels=["email", "sms"], category="payroll")
+    [delivery] = await settled_deliveries(api, third)
     assert delivery["state"] == "suppressed"
     assert "payroll" in delivery["reason"]
     assert await sandbox_of(api, third) == []
@@ -420,7 +412,7 @@ async def test_texts_carry_the_link_only_when_the_organization_enables_it(
     api = live_api
     other = await api.other_org()
     for org in (api, other):
-        await add_people(org, ZOE)
+        await post_people(org, ZOE)
     enabled = await api.client.patch(
         "/v1/organization",
         json={"preference_links_in_texts": True},
@@ -428,10 +420,10 @@ async def test_texts_carry_the_link_only_when_the_organization_enables_it(
     )
     body_of(enabled, 200)
 
-    on = await announce(api, channels=["sms"], title="Gate", body="Closed")
-    off = await announce(other, channels=["sms"], title="Gate", body="Closed")
-    await settled(api, on)
-    await settled(other, off)
+    on = await post_announcement(api, channels=["sms"], title="Gate", body="Closed")
+    off = await post_announcement(other, channels=["sms"], title="Gate", body="Closed")
+    await settled_deliveries(api, on)
+    await settled_deliveries(other, off)
     [with_link] = await sandbox_of(api, on)
     [without] = await sandbox_of(other, off)
     path = urlsplit(with_link["preference_url"]).path
@@ -444,10 +436,10 @@ async def test_texts_carry_the_link_only_when_the_organization_enables_it(
 async def test_deliveries_name_the_person_s_link_not_the_delivery(live_api: Api) -> None:
     """The link is per person: two messages to one person carry the same link."""
     api = live_api
-    await add_people(api, ZOE)
+    await post_people(api, ZOE)
     links = set()
     for _ in range(2):
-        message_id = await announce(api, channels=["email"])
-        await settled(api, message_id)
+        message_id = await post_announcement(api, channels=["email"])
+        await settled_deliveries(api, message_id)
         links |= {row["preference_url"] for row in await sandbox_of(api, message_id)}
     assert len(links) == 1

@@ -12,15 +12,16 @@ from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts
 from bulletin.deliveries.audience import resolve_chunk
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
+from bulletin.messages.content import window_open
 from bulletin.messages.models import Message
 from bulletin.recipients.models import Recipient
-from factories import add_people, announce, new_org, person
+from support.db_factories import insert_announcement, insert_people, new_org, person_row
 
 
 async def _sent_delivery(db: Database, channels: list[str] | None = None) -> Delivery:
     org = await new_org(db)
-    await add_people(db, org, [person(1, phone="+27821234567")])
-    message = await announce(db, org, channels=channels or ["sms"])
+    await insert_people(db, org, [person_row(1, phone="+27821234567")])
+    message = await insert_announcement(db, org, channels=channels or ["sms"])
     async with db.transaction() as session:
         loaded = await session.get(Message, message.id)
         assert loaded is not None
@@ -123,7 +124,7 @@ async def test_a_stop_failure_suppresses_the_number(db: Database) -> None:
 
 async def test_inbound_whatsapp_opens_the_window_and_keeps_the_latest(db: Database) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1, whatsapp="+27821234567")])
+    await insert_people(db, org, [person_row(1, whatsapp="+27821234567")])
     later = utcnow()
     earlier = later - dt.timedelta(hours=2)
     async with db.transaction() as session:
@@ -136,5 +137,5 @@ async def test_inbound_whatsapp_opens_the_window_and_keeps_the_latest(db: Databa
     async with db.read() as session:
         found = (await session.execute(select(Recipient))).scalar_one()
     assert found.whatsapp_inbound_at == later
-    assert receipts.window_open(found.whatsapp_inbound_at, later + dt.timedelta(hours=23))
-    assert not receipts.window_open(found.whatsapp_inbound_at, later + dt.timedelta(hours=24))
+    assert window_open(found.whatsapp_inbound_at, later + dt.timedelta(hours=23))
+    assert not window_open(found.whatsapp_inbound_at, later + dt.timedelta(hours=24))

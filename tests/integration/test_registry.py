@@ -9,12 +9,12 @@ from bulletin.channels.base import Provider
 from bulletin.channels.configs import AnyProviderConfig, WhatsAppCloudConfig
 from bulletin.channels.factory import ProviderFactory
 from bulletin.channels.registry import ChannelRegistry, Versions
-from bulletin.channels.sandbox import SandboxProvider
 from bulletin.config import Settings
 from bulletin.crypto import SecretBox, generate_key
 from bulletin.db import Database
 from bulletin.providers import service
-from factories import new_org
+from bulletin.sandbox.provider import SandboxProvider
+from support.db_factories import new_org
 
 
 async def test_work_read_after_a_configuration_was_saved_never_goes_to_the_sandbox(

@@ -7,9 +7,9 @@ from sqlalchemy import delete, update
 
 from bulletin.db import Database
 from bulletin.orgs.models import InstanceSecret, Organization
-from bulletin.web.links import PreferenceLinks
+from bulletin.recipients.links import PreferenceLinks
 from bulletin.worker.lookups import TextLinkSetting
-from factories import new_org
+from support.db_factories import new_org
 
 
 class Clock:

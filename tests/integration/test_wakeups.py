@@ -15,13 +15,21 @@ from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.db import Database, utcnow
+from bulletin.deliveries import queue
 from bulletin.deliveries import repository as deliveries
 from bulletin.messages import repository as messages
+from bulletin.signals import CHANNEL, Hub, Listener, Notifier, Wakeup, Work, payload
 from bulletin.worker.dispatcher import CLAIM_AHEAD
 from bulletin.worker.scheduler import RESOLVE_AHEAD, Scheduler
-from bulletin.worker.signals import CHANNEL, Hub, Listener, Notifier, Wakeup, Work, payload
-from factories import add_people, announce, deliveries_of, new_org, person
-from integration.test_engine import eventually, message_state
+from integration.test_engine import message_state
+from support.db_factories import (
+    delivery_rows,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
+from support.waiting import eventually
 
 
 def scheduler_for(db: Database, settings: Settings) -> Scheduler:
@@ -33,31 +41,31 @@ async def test_a_message_is_resolved_just_before_it_is_due_into_deliveries_due_a
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1), person(2)])
-    soon = await announce(db, org, send_at=(utcnow() + RESOLVE_AHEAD / 2).isoformat())
-    later = await announce(db, org, send_at=(utcnow() + RESOLVE_AHEAD * 60).isoformat())
+    await insert_people(db, org, [person_row(1), person_row(2)])
+    soon = await insert_announcement(db, org, send_at=(utcnow() + RESOLVE_AHEAD / 2).isoformat())
+    later = await insert_announcement(db, org, send_at=(utcnow() + RESOLVE_AHEAD * 60).isoformat())
 
     assert await scheduler_for(db, settings).resolve_due() == 2
-    made = await deliveries_of(db, soon.id)
+    made = await delivery_rows(db, soon.id)
     assert [(d.state, d.next_attempt_at) for d in made] == [("pending", soon.send_at)] * 2
-    assert await deliveries_of(db, later.id) == []
+    assert await delivery_rows(db, later.id) == []
     # Resolved early, but not sent early: nothing can be claimed before its send_at.
     lease = soon.send_at + dt.timedelta(seconds=60)
     async with db.transaction() as session:
         early = soon.send_at - dt.timedelta(microseconds=1)
-        assert await deliveries.claim(session, early, lease, 10) == []
+        assert await queue.claim(session, early, lease, 10) == []
     async with db.transaction() as session:
-        assert len(await deliveries.claim(session, soon.send_at, lease, 10)) == 2
+        assert len(await queue.claim(session, soon.send_at, lease, 10)) == 2
 
 
 async def test_the_next_due_times_can_leave_out_what_is_already_due(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     now = utcnow()
-    due = await announce(db, org, send_at=now.isoformat())
-    later = await announce(db, org, send_at=(now + dt.timedelta(hours=1)).isoformat())
+    due = await insert_announcement(db, org, send_at=now.isoformat())
+    later = await insert_announcement(db, org, send_at=(now + dt.timedelta(hours=1)).isoformat())
     async with db.read() as session:
         assert await messages.next_send_at(session) == due.send_at
         assert await messages.next_send_at(session, after=now) == later.send_at
@@ -75,8 +83,8 @@ async def test_a_scheduler_does_not_wake_again_and_again_for_a_message_another_o
     """While another scheduler resolves a due message, this one sleeps until the next message
     or the poll interval, rather than looking again at once until the other commits."""
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
-    await announce(db, org)
+    await insert_people(db, org, [person_row(1)])
+    await insert_announcement(db, org)
     scheduler = scheduler_for(db, settings)
     async with db.transaction() as other:
         assert await messages.next_due_for_resolution(other, utcnow()) is not None
@@ -98,10 +106,11 @@ async def test_a_notify_wakes_the_loops_of_its_kind_in_other_processes_only(
     notifier = Notifier(db, here)
     notifying = asyncio.create_task(notifier.run())
 
-    async def notify(text_: str) -> None:
+    async def notify(payload: str) -> None:
         async with db.engine.connect() as conn:
             await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": text_}
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": payload},
             )
             await conn.commit()
 
@@ -129,14 +138,14 @@ async def test_a_claim_can_take_deliveries_a_little_ahead_of_their_time(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     now = utcnow()
-    message = await announce(db, org, send_at=(now + RESOLVE_AHEAD / 2).isoformat())
+    message = await insert_announcement(db, org, send_at=(now + RESOLVE_AHEAD / 2).isoformat())
     assert await scheduler_for(db, settings).resolve_due() == 1
     lease = now + dt.timedelta(seconds=60)
     async with db.transaction() as session:
-        assert await deliveries.claim(session, now, lease, 10) == []
-        [row] = await deliveries.claim(session, now, lease, 10, due_by=message.send_at)
+        assert await queue.claim(session, now, lease, 10) == []
+        [row] = await queue.claim(session, now, lease, 10, due_by=message.send_at)
     # The claim says when it is due: the dispatcher sends it then, not before.
     assert row.due == message.send_at
 
@@ -145,12 +154,14 @@ async def test_a_delivery_claimed_ahead_of_its_time_is_not_sent_before_it(
     settings: Settings, db: Database
 ) -> None:
     org = await new_org(db)
-    await add_people(db, org, [person(1)])
+    await insert_people(db, org, [person_row(1)])
     provider = RecordingProvider()
     async with running(
         settings, dispatch=True, schedule=True, db=db, registry=ChannelRegistry(provider)
     ):
-        message = await announce(db, org, send_at=(utcnow() + CLAIM_AHEAD * 4).isoformat())
+        message = await insert_announcement(
+            db, org, send_at=(utcnow() + CLAIM_AHEAD * 4).isoformat()
+        )
         await eventually(message_state(db, message.id, "completed"))
     assert len(provider.sent_at) == 1
     assert provider.sent_at[0] >= message.send_at

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select, update
 
-from bulletin.bootstrap import Services, running
+from bulletin.bootstrap import running
 from bulletin.channels.configs import WhatsAppCloudConfig
 from bulletin.channels.fake import RecordingProvider
 from bulletin.channels.registry import ChannelRegistry
@@ -36,11 +36,18 @@ from bulletin.messages import service as messages
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
-from bulletin.worker import pacing
+from bulletin.services import Services
+from bulletin.worker import repository as pacing
 from bulletin.worker.models import PairSlot
 from conftest import make_settings
-from factories import add_people, announce, deliveries_of, new_org, person
-from integration.test_engine import eventually
+from support.db_factories import (
+    delivery_rows,
+    insert_announcement,
+    insert_people,
+    new_org,
+    person_row,
+)
+from support.waiting import eventually
 
 TOKEN = "EAAG-window-test-token"
 PHONE_ID = "106540352242922"
@@ -101,10 +108,12 @@ class Channels:
     async def whatsapp_then_email(self, org: uuid.UUID, **wa: Any) -> dict[str, Delivery]:
         """Run an announcement to WhatsApp, and to email should WhatsApp fail, until both
         deliveries have settled; the two deliveries by channel."""
-        message = await announce(self.db, org, channels=["whatsapp", "email"], routing="first")
+        message = await insert_announcement(
+            self.db, org, channels=["whatsapp", "email"], routing="first"
+        )
         async with self.running(**wa):
             await eventually(settled(self.db, message.id, {"failed", "sent"}, count=2))
-        return {d.channel: d for d in await deliveries_of(self.db, message.id)}
+        return {d.channel: d for d in await delivery_rows(self.db, message.id)}
 
 
 @pytest.fixture
@@ -115,7 +124,7 @@ def channels(
 
 
 async def person_who_wrote(db: Database, org: uuid.UUID, at: dt.datetime | None) -> int:
-    ids = await add_people(db, org, [person(1, whatsapp=TO)])
+    ids = await insert_people(db, org, [person_row(1, whatsapp=TO)])
     async with db.transaction() as session:
         await session.execute(
             update(Recipient).where(Recipient.id == ids["p1"]).values(whatsapp_inbound_at=at)
@@ -141,7 +150,7 @@ def settled(
     """Whether the message has ``count`` deliveries, each in one of ``states``."""
 
     async def check() -> bool:
-        found = await deliveries_of(db, message_id)
+        found = await delivery_rows(db, message_id)
         return len(found) == count and all(d.state in states for d in found)
 
     return check
@@ -165,10 +174,10 @@ async def test_free_text_refused_for_a_closed_window_goes_as_the_template_and_cl
     wrote_at = utcnow() - dt.timedelta(hours=1)  # by our records, the window is open
     rid = await person_who_wrote(db, org, wrote_at)
     stand_in.fail_next(code=131047)  # Meta says otherwise
-    first = await announce(db, org, channels=["whatsapp"])
+    first = await insert_announcement(db, org, channels=["whatsapp"])
     async with channels.running(template=TEMPLATE, pair_interval_seconds=1.0):
         await eventually(settled(db, first.id, {"sent"}))
-        [delivery] = await deliveries_of(db, first.id)
+        [delivery] = await delivery_rows(db, first.id)
 
         # The free text was refused; what reached Meta is the template, once (G1).
         assert [(r.to, r.code) for r in stand_in.refused] == [(TO[1:], 131047)]
@@ -187,7 +196,7 @@ async def test_free_text_refused_for_a_closed_window_goes_as_the_template_and_cl
         # So the next message to this person goes as the template at once.
         second = await notify(db, org, ["whatsapp"])
         await eventually(settled(db, second.id, {"sent"}))
-    [again] = await deliveries_of(db, second.id)
+    [again] = await delivery_rows(db, second.id)
     assert len(stand_in.refused) == 1
     assert [m.body["type"] for m in stand_in.sent_to(TO)] == ["template", "template"]
     assert stand_in.sent_to(TO)[1].body["biz_opaque_callback_data"] == str(again.id)
@@ -227,8 +236,8 @@ async def test_a_template_refused_for_a_closed_window_fails_without_a_retry(
 
 async def test_a_window_reopened_during_the_send_is_not_closed(db: Database) -> None:
     org = await new_org(db)
-    ids = await add_people(
-        db, org, [person(1, whatsapp="+31600000001"), person(2, whatsapp="+31600000002")]
+    ids = await insert_people(
+        db, org, [person_row(1, whatsapp="+31600000001"), person_row(2, whatsapp="+31600000002")]
     )
     seen = utcnow() - dt.timedelta(hours=2)
     newer = utcnow() - dt.timedelta(seconds=5)
@@ -256,10 +265,10 @@ async def test_a_throughput_refusal_gives_the_pair_slot_back(
     await person_who_wrote(db, org, utcnow() - dt.timedelta(hours=1))
     stand_in.fail_next(code=130429)  # the Cloud API's pause for it is a second
     tuned = make_settings(settings.database_url, retry_base_seconds=0.01)
-    message = await announce(db, org, channels=["whatsapp"])
+    message = await insert_announcement(db, org, channels=["whatsapp"])
     async with channels.running(tuned, template=TEMPLATE, pair_interval_seconds=6.0):
         await eventually(settled(db, message.id, {"sent"}))
-    [delivery] = await deliveries_of(db, message.id)
+    [delivery] = await delivery_rows(db, message.id)
     events = await events_of(db, delivery.id)
     # The retry was not sent back to wait for the pair slot the refused send had taken: it
     # went on its second claim.

@@ -18,22 +18,21 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from api_helpers import add_people, body_of, notify
+from bulletin.channels.accounts import webhook_path
 from bulletin.channels.base import DEFAULT_ACCOUNT, Receipt, ReportedState
-from bulletin.channels.whatsapp import parse_webhook
 from bulletin.db import Database, utcnow
 from bulletin.deliveries import receipts
 from bulletin.deliveries.models import Delivery
 from bulletin.deliveries.outcomes import SENDING_TEMPLATE
-from bulletin.devservers.whatsapp import Latency, status_error, status_payload
+from bulletin.devservers.whatsapp import Latency, status_error
 from bulletin.messages.models import Message
 from bulletin.recipients import repository as recipients
 from bulletin.recipients.models import Recipient
-from bulletin.webhooks.accounts import webhook_path
-from e2e.stack import WA_NUMBER_ID, WA_SECRET, Stack
-from factories import add_people as add_rows
-from factories import new_org, person, sent_on_whatsapp
-from integration.test_engine import eventually
+from e2e.stack import WA_SECRET, Stack
+from support.db_factories import insert_people, new_org, person_row, sent_on_whatsapp
+from support.http import body_of
+from support.http_factories import notify, post_people
+from support.waiting import eventually
 
 PHONE = "+27821234567"
 ADA: dict[str, Any] = {
@@ -64,7 +63,7 @@ async def ada_wrote(stack: Stack, at: dt.datetime | None) -> int:
     The stand-in has never heard from her, so by Meta's account her window is closed: this is
     the disagreement (a message lost on the way, clocks) that makes Meta refuse the free text.
     """
-    await add_people(stack.api, ADA)
+    await post_people(stack.api, ADA)
     db = stack.api.services.db
     async with db.transaction() as session:
         rid = await session.scalar(select(Recipient.id).where(Recipient.external_id == "ada"))
@@ -134,26 +133,6 @@ async def template_refused_then_email(
 
     await eventually(fell_back)
     return await deliveries(stack, message_id)
-
-
-# --- the receipt --------------------------------------------------------------------------
-
-
-def test_a_failed_status_with_131047_is_marked_window_closed() -> None:
-    def parsed(status: str, *codes: int) -> tuple[bool, str | None]:
-        errors = [status_error(code) for code in codes] if codes else None
-        payload = status_payload(WA_NUMBER_ID, "wamid.X", status, PHONE[1:], "7", errors)
-        [receipt] = parse_webhook(payload, WA_NUMBER_ID).receipts
-        return receipt.window_closed, receipt.detail
-
-    closed, detail = parsed("failed", 131047)
-    assert closed
-    assert detail is not None
-    assert detail.startswith("131047: Re-engagement message")
-    assert parsed("failed", 131026, 131047)[0]  # any of its errors
-    assert not parsed("failed", 131026)[0]
-    assert not parsed("failed")[0]  # 131026 by default
-    assert not parsed("delivered")[0]
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -329,8 +308,8 @@ async def test_a_cancelled_message_is_not_sent_again(db: Database) -> None:
 
 async def test_a_window_reopened_after_the_failed_send_stays_open(db: Database) -> None:
     org = await new_org(db)
-    ids = await add_rows(
-        db, org, [person(1, whatsapp="+31600000001"), person(2, whatsapp="+31600000002")]
+    ids = await insert_people(
+        db, org, [person_row(1, whatsapp="+31600000001"), person_row(2, whatsapp="+31600000002")]
     )
     sent = utcnow() - dt.timedelta(minutes=10)
     before, after = sent - dt.timedelta(hours=2), sent + dt.timedelta(minutes=5)

@@ -11,11 +11,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from api_helpers import add_people, announce, body_of, notify, person, wait_for_state
 from bulletin.deliveries.models import Delivery
 from bulletin.messages.models import Message
 from bulletin.web.portal import accounts
 from conftest import Api
+from support.http import body_of
+from support.http_factories import notify, person_json, post_announcement, post_people
+from support.settling import wait_for_state
 
 PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -154,9 +156,9 @@ async def test_sign_out_ends_the_session(api: Api) -> None:
 
 
 async def test_an_organization_sees_only_its_own(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     other = await api.other_org()
-    await add_people(other, person(9, name="Secret Person"))
+    await post_people(other, person_json(9, name="Secret Person"))
     csrf = await signed_in(other, "boss@other.example")
     made = await other.client.post(
         "/portal/announcements/new", data=compose_form(csrf, title="Other news")
@@ -174,7 +176,7 @@ async def test_an_organization_sees_only_its_own(api: Api) -> None:
 
 
 async def test_compose_now_creates_the_announcement(api: Api) -> None:
-    await add_people(api, person(1), person(2))
+    await post_people(api, person_json(1), person_json(2))
     csrf = await signed_in(api)
     answer = await api.client.post(
         "/portal/announcements/new", data=compose_form(csrf, urgent="on")
@@ -203,7 +205,7 @@ async def test_compose_now_creates_the_announcement(api: Api) -> None:
 async def test_compose_later_converts_the_local_time_to_utc(
     api: Api, zone: str, date: str, clock: str, utc: str
 ) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     form = compose_form(csrf, when="later", send_date=date, send_time=clock, timezone=zone)
     answer = await api.client.post("/portal/announcements/new", data=form)
@@ -215,7 +217,7 @@ async def test_compose_later_converts_the_local_time_to_utc(
 
 
 async def test_compose_rejects_bad_input_with_reasons(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     cases = [
         compose_form(csrf, title=""),
@@ -235,12 +237,12 @@ async def test_compose_rejects_bad_input_with_reasons(api: Api) -> None:
 
 
 async def test_audience_count(api: Api) -> None:
-    await add_people(
+    await post_people(
         api,
-        person(1, groups=["kitchen"]),
-        person(2, groups=["kitchen", "night"]),
-        person(3, groups=["night"]),
-        person(4),
+        person_json(1, groups=["kitchen"]),
+        person_json(2, groups=["kitchen", "night"]),
+        person_json(3, groups=["night"]),
+        person_json(4),
     )
     await signed_in(api)
 
@@ -298,7 +300,7 @@ async def test_preview_renders_each_channel(api: Api) -> None:
 
 
 async def test_cancel_a_scheduled_announcement(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     form = compose_form(
         csrf, when="later", send_date="2031-05-05", send_time="10:00", timezone="UTC"
@@ -317,7 +319,7 @@ async def test_cancel_a_scheduled_announcement(api: Api) -> None:
 
 
 async def test_resend_an_unknown_delivery(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     made = await api.client.post("/portal/announcements/new", data=compose_form(csrf))
     message_id = uuid.UUID(made.headers["location"].rsplit("/", 1)[1])
@@ -427,11 +429,11 @@ async def test_an_unreadable_file_is_a_4xx_with_the_reason(
 
 
 async def test_recipient_search_and_group_filter(api: Api) -> None:
-    await add_people(
+    await post_people(
         api,
-        person(1, name="Ann Lee", groups=["kitchen"]),
-        person(2, name="Bob Ray", phone="+27821234567", groups=["night"]),
-        person(3, name="Cy 100%", groups=["kitchen"]),
+        person_json(1, name="Ann Lee", groups=["kitchen"]),
+        person_json(2, name="Bob Ray", phone="+27821234567", groups=["night"]),
+        person_json(3, name="Cy 100%", groups=["kitchen"]),
     )
     await signed_in(api)
 
@@ -468,7 +470,7 @@ async def test_unknown_pages_are_html_errors(api: Api) -> None:
 
 
 async def test_progress_endpoint(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     made = await api.client.post("/portal/announcements/new", data=compose_form(csrf))
     message_id = made.headers["location"].rsplit("/", 1)[1]
@@ -489,7 +491,7 @@ async def _submission_key(api: Api) -> str:
 
 
 async def test_a_compose_form_sent_twice_makes_one_announcement(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     key = await _submission_key(api)
     assert key != await _submission_key(api)  # each rendering of the page has its own
@@ -518,7 +520,7 @@ async def test_a_compose_form_sent_twice_makes_one_announcement(api: Api) -> Non
 
 
 async def test_a_refused_compose_form_can_be_fixed_and_sent_with_its_key(api: Api) -> None:
-    await add_people(api, person(1))
+    await post_people(api, person_json(1))
     csrf = await signed_in(api)
     key = await _submission_key(api)
     refused = await api.client.post(
@@ -535,8 +537,8 @@ async def test_a_refused_compose_form_can_be_fixed_and_sent_with_its_key(api: Ap
 
 async def test_a_person_page_links_only_to_pages_that_exist(live_api: Api) -> None:
     api = live_api
-    await add_people(api, person(1))
-    announcement = await announce(api, title="Everyone hears this")
+    await post_people(api, person_json(1))
+    announcement = await post_announcement(api, title="Everyone hears this")
     notification = await notify(api, "p1", title="Only for you")
     await wait_for_state(api, f"/v1/announcements/{announcement}", "completed")
     await wait_for_state(api, f"/v1/notifications/{notification}", "completed")

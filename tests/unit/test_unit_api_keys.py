@@ -24,23 +24,16 @@ def test_scope_allows_itself_and_the_scopes_below(held: Scope, required: Scope) 
     assert held.allows(required) is ((held, required) in ALLOWED)
 
 
-def test_scopes_parse_from_their_names() -> None:
-    assert Scope("admin") is Scope.ADMIN
-    assert Scope("send") is Scope.SEND
-    assert Scope("read") is Scope.READ
-
-
 def test_new_secret_is_prefixed_and_url_safe_with_256_bits() -> None:
     secret = new_secret()
     assert secret.startswith("bk_")
-    assert KEY_PREFIX == "bk_"
     # 32 random bytes in unpadded URL-safe base64 are 43 characters.
     assert re.fullmatch(r"bk_[A-Za-z0-9_-]{43}", secret)
 
 
-def test_new_secrets_are_unique() -> None:
-    secrets = {new_secret() for _ in range(1000)}
-    assert len(secrets) == 1000
+def test_the_shown_prefix_tells_keys_apart() -> None:
+    # The prefix is what a key list shows; it carries enough of the random part to differ.
+    secrets = [new_secret() for _ in range(1000)]
     assert len({display_prefix(secret) for secret in secrets}) == 1000
 
 

@@ -1,7 +1,7 @@
 """``receipt_moves_forward`` over every pair of delivery states, against a table by hand, and
 the states a closed-window receipt may send again from.
 
-From ARCHITECTURE.md: receipts arrive out of order and more than once; a state never moves
+From docs/architecture.md: receipts arrive out of order and more than once; a state never moves
 backwards and a duplicate changes nothing; ``sent --bounce--> failed``; receipts can settle
 ``unknown`` deliveries later. From the docstring: a failure only counts before delivery.
 """

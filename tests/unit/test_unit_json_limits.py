@@ -31,17 +31,6 @@ def refusal(value: object) -> JsonLimitError:
     return caught.value
 
 
-def test_the_limits_are_the_documented_numbers() -> None:
-    assert jsonvalue.MAX_DEPTH == 32
-    assert jsonvalue.MAX_OBJECT_KEYS == 256
-    assert jsonvalue.MAX_ARRAY_ITEMS == 1_000
-    assert jsonvalue.MAX_KEY_CHARACTERS == 128
-    assert jsonvalue.MAX_STRING_CHARACTERS == 10_000
-    assert jsonvalue.MAX_FIELD_BYTES == 65_536
-    assert jsonvalue.MAX_SAFE_INTEGER == 9_007_199_254_740_991
-    assert jsonvalue.MAX_BODY_DEPTH == 512
-
-
 def test_depth_is_counted_from_the_field_itself() -> None:
     jsonvalue.check(nested(32, 1), "attributes")
     jsonvalue.check(nested(31, key="a"), "attributes")  # 32 objects, the last one {"a": None}
@@ -194,7 +183,7 @@ def test_every_body_refuses_unstorable_text_at_any_depth(text: str, kind: str, d
     (error,) = caught.value.errors()
     assert error["type"] == kind
     assert "(at ['data'][0]" in error["msg"]
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=rf"\[type={kind},"):
         _Anything.model_validate({"data": [nested(depth, {text: 1}, key="k")]})
     _Anything.model_validate({"data": [nested(depth, "fine\ttext 😀")]})
 

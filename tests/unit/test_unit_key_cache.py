@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from bulletin.orgs.auth import KeyCache, Principal
 from bulletin.orgs.keys import Scope, new_secret
-from bulletin.orgs.service import KeyCache, Principal
 
 
 class Clock:

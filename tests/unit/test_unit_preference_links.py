@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from bulletin.web.links import (
+from bulletin.recipients.links import (
     MAC_BYTES,
     base36,
     form_check,

@@ -80,7 +80,7 @@ def test_bad_recipient_fields_are_rejected(field: str, value: Any) -> None:
 
 @pytest.mark.parametrize("external_id", ["", "a/b", "tab\there", "x" * 256])
 def test_bad_external_ids_are_rejected(external_id: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"(?m)^external_id\n"):
         RecipientRow.model_validate({"external_id": external_id})
 
 

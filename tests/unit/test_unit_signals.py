@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bulletin.worker.signals import EVERY_KIND, Hub, Wakeup, Work, parse_payload, payload
+from bulletin.db import Database
+from bulletin.signals import (
+    CHANNEL,
+    EVERY_KIND,
+    Hub,
+    Listener,
+    Wakeup,
+    Work,
+    parse_payload,
+    payload,
+)
 
 
 async def poked(*wakeups: Wakeup) -> list[bool]:
@@ -38,5 +48,16 @@ def test_a_payload_without_kinds_wakes_every_loop() -> None:
     assert parse_payload("sender receipts messages") == ("sender", frozenset({Work.MESSAGES}))
 
 
-def test_processes_have_distinct_origins() -> None:
-    assert Hub().origin != Hub().origin
+async def test_a_process_does_not_hear_its_own_wakeups_again_but_hears_another_process() -> None:
+    # Its own NOTIFY woke its loops when it was sent; hearing it back must poke nothing.
+    hub = Hub()
+    dispatcher = hub.subscribe(Work.DELIVERIES)
+    db = Database("postgresql+asyncpg://bulletin@127.0.0.1:1/bulletin")  # never connected
+    try:
+        listener = Listener(db, hub)
+        listener._heard(None, 0, CHANNEL, payload(hub.origin, [Work.DELIVERIES]))
+        assert await poked(dispatcher) == [False]
+        listener._heard(None, 0, CHANNEL, payload(Hub().origin, [Work.DELIVERIES]))
+        assert await poked(dispatcher) == [True]
+    finally:
+        await db.dispose()

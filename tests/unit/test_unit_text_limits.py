@@ -16,7 +16,7 @@ from bulletin.channels.text import ELLIPSIS, fit, preferences_line, shorten, utf
 from bulletin.channels.twilio import BODY_LIMIT, TwilioProvider
 from bulletin.channels.whatsapp import TEXT_LIMIT, WhatsAppCloudProvider
 from bulletin.devservers.twilio import TwilioServer
-from factories import outbound_message
+from support.outbound import outbound_message
 
 LINK = "https://bulletin.example.org/p/abc123"
 

@@ -24,7 +24,7 @@ from bulletin.channels.whatsapp import (
     WhatsAppCloudProvider,
     template_parameter,
 )
-from factories import outbound_message
+from support.outbound import outbound_message
 
 #: What Meta refuses with 132018.
 REFUSED = re.compile(r"[\n\r\t]| {5,}")
