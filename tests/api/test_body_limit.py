@@ -11,9 +11,10 @@ import pytest
 
 from bulletin.config import Settings
 from conftest import Api, make_settings
-from e2e.stack import free_port, serve
+from e2e.stack import serve
 from support.http import body_of, json_headers, problem
 from support.http_factories import person_json
+from support.processes import free_port
 
 LIMIT = 4096
 

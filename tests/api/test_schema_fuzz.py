@@ -19,7 +19,6 @@ import asyncio
 import os
 import re
 import shutil
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -46,8 +45,8 @@ from bulletin.messages import schemas as message_schemas
 from bulletin.messages import service as messages
 from bulletin.orgs import service as orgs
 from bulletin.orgs.keys import Scope
-from cli.test_cli import Process, environment, free_port
 from support.db_factories import insert_announcement, insert_people, person_row
+from support.processes import Process, environment, free_port, wait_ready
 
 with warnings.catch_warnings():
     # schemathesis 3.39 reads jsonschema.RefResolver and jsonschema.exceptions.RefResolutionError
@@ -232,7 +231,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
             # Random UUIDs, so that ids reach the lookup instead of failing validation.
             register_string_format("uuid", st.uuids().map(str))
             try:
-                _wait_until_ready(session, base_url, server)
+                wait_ready(base_url, server, timeout=30)
                 yield Served(base_url, session, seeded)
             finally:
                 unregister_string_format("uuid")
@@ -242,19 +241,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         # app (Starlette answers 500 and hands it on to the server, which logs it) fails the
         # module even where no check saw its answer.
         server.terminate()
-
-
-def _wait_until_ready(session: requests.Session, base_url: str, server: Process) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert server.proc.poll() is None, server.output()[-5000:]
-        try:
-            if session.get(f"{base_url}/ready", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass  # not listening yet
-        assert time.monotonic() < deadline, "the app did not become ready"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

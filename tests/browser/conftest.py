@@ -31,8 +31,8 @@ from bulletin.config import Settings
 from bulletin.db import Database
 from bulletin.orgs import service as orgs
 from bulletin.web.portal import accounts
-from cli.test_cli import environment, free_port, ready
 from support.ci import unavailable
+from support.processes import environment, free_port, ready
 from support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent

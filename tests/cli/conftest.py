@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.test_cli import Process
+from support.processes import Process
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from bulletin.channels.configs import from_settings
 from bulletin.config import Settings
 from bulletin.devservers.run import DevServers, environment_text
-from cli.test_cli import Process, environment, first_start_credentials, free_port, ready
+from support.processes import Process, environment, first_start_credentials, free_port, ready
 from support.waiting import wait_until
 
 

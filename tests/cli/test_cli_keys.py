@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bulletin.orgs.keys import digest
-from cli.test_cli import environment, run
+from support.processes import environment, run
 
 # Each command is a process of its own (a few seconds each); the queries behind them run on
 # both databases in tests/api/test_keys.py, so the commands themselves are run on SQLite.

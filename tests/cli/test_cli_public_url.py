@@ -12,7 +12,7 @@ from twilio.request_validator import RequestValidator
 
 from bulletin.cli import _warn_if_links_are_local
 from bulletin.config import Settings
-from cli.test_cli import Process, environment, first_start_credentials, free_port, ready
+from support.processes import Process, environment, first_start_credentials, free_port, ready
 from support.waiting import wait_until
 
 TW_SID = "AC" + "2" * 32

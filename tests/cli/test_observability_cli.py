@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.test_cli import environment, free_port
+from support.processes import environment, free_port
 from support.waiting import wait_until
 
 BULLETIN = str(Path(sys.executable).with_name("bulletin"))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bulletin.supervisor import shared_port_socket
-from cli.test_cli import Process, environment, free_port, ready, run
+from support.processes import Process, environment, free_port, ready, run
 from support.waiting import wait_until
 
 

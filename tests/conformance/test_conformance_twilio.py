@@ -68,11 +68,12 @@ from bulletin.orgs.keys import Scope
 from bulletin.providers.models import ChannelConfig
 from bulletin.recipients.models import Recipient
 from conftest import Api, make_settings
-from e2e.stack import free_port, serve, served_settings
+from e2e.stack import serve, served_settings
 from integration.test_channel_twilio import Receiver
 from support.http import body_of
 from support.http_factories import notify, person_json, post_people
 from support.outbound import outbound_message
+from support.processes import free_port
 
 SID = "AC" + "c0ffee" * 5 + "c0"
 TOKEN = "conformance-auth-token"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from bulletin.devservers.twilio import TwilioServer
 from bulletin.devservers.whatsapp import WhatsAppCloudServer
 from bulletin.orgs.keys import Scope
 from conftest import Api, make_settings
+from support.processes import free_port
 
 WA_TOKEN = "EAAG-test-access-token"
 WA_SECRET = "wa-app-secret"
@@ -30,13 +30,6 @@ WA_NUMBER_ID = "100000000000001"
 TW_SID = "AC" + "1" * 32
 TW_TOKEN = "twilio-auth-token"
 TW_FROM = "+14155550100"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -31,11 +31,11 @@ from e2e.stack import (
     WA_SECRET,
     WA_VERIFY,
     Stack,
-    free_port,
     serve,
 )
 from support.http import body_of, problem
 from support.http_factories import notify, post_people
+from support.processes import free_port
 from support.settling import settled_notification
 from support.waiting import eventually
 

@@ -16,10 +16,7 @@ import logging
 import os
 import re
 import secrets
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from bulletin.providers import repository as providers_repository
 from bulletin.providers import service as providers
 from bulletin.services import Services
 from conftest import Api, make_settings
+from support.processes import BULLETIN, free_port, wait_ready
 
 SMTP = {
     "provider": "smtp",
@@ -284,34 +282,13 @@ def test_masking_covers_api_keys_cookies_and_named_values() -> None:
 
 # --- A real `bulletin serve` ----------------------------------------------------------------
 
-BULLETIN = str(Path(sys.executable).with_name("bulletin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("bulletin serve never became ready")
-
 
 @pytest.mark.parametrize("fmt", ["console", "json"])
 def test_a_served_process_writes_no_secret_to_its_output(tmp_path: Path, fmt: str) -> None:
     """stderr and stdout of ``bulletin serve`` (uvicorn's lines, the request lines, the first
     start) hold no credential: the first start's are in a file only its owner can read."""
     s = Secrets()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULLETIN_")}
     env.update(
@@ -327,7 +304,7 @@ def test_a_served_process_writes_no_secret_to_its_output(tmp_path: Path, fmt: st
             [BULLETIN, "serve"], env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT
         )
         try:
-            _wait_ready(base, proc)
+            wait_ready(base, proc)
             credentials = (tmp_path / "bulletin-credentials.txt").read_text()
             assert (tmp_path / "bulletin-credentials.txt").stat().st_mode & 0o777 == 0o600
             key = re.search(r"API key\s+(bk_\S+)", credentials)

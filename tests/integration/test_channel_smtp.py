@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from bulletin.channels.smtp import SmtpProvider
 from bulletin.devservers.smtp import ReceivedEmail, SmtpServer
 from bulletin.errors import InDoubtSendError, PermanentSendError, TransientSendError
 from support.outbound import outbound_message
+from support.processes import free_port
 from support.waiting import eventually
 
 SENDER = "notices@water.example.org"
@@ -75,13 +75,6 @@ async def provider(server: SmtpServer) -> AsyncIterator[SmtpProvider]:
         yield provider
     finally:
         await provider.close()
-
-
-async def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 # --- what arrives ---------------------------------------------------------------------------
@@ -407,7 +400,7 @@ async def test_a_reply_slower_than_the_send_timeout_escapes_as_timeout_error(
 
 
 async def test_a_refused_connection_is_transient() -> None:
-    port = await free_port()
+    port = free_port()
     config = SmtpConfig(host="127.0.0.1", port=port, security="none", from_address=SENDER)
     provider = SmtpProvider(config, allow_private=True)
 

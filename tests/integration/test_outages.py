@@ -60,7 +60,8 @@ from support.db_factories import (
     person_row,
 )
 from support.http import problem
-from support.outage_proxy import OutageProxy, free_port
+from support.outage_proxy import OutageProxy
+from support.processes import free_port
 from support.waiting import eventually
 
 WA_TOKEN = "EAAG-outage-token"

@@ -23,8 +23,8 @@ from bulletin.errors import Conflict, FieldError, InvalidRequest, NotFound
 from bulletin.providers import repository
 from bulletin.providers.models import ChannelConfig
 from bulletin.providers.schemas import ChannelOut
+from bulletin.recipients.addresses import CHANNELS
 
-CHANNELS = ("whatsapp", "email", "sms")
 _REQUIRED_SECRETS = {"whatsapp_cloud": ("access_token",), "twilio": ("auth_token",)}
 _CONFIG: TypeAdapter[AnyProviderConfig] = TypeAdapter(ProviderConfig)
 

@@ -26,6 +26,7 @@ from bulletin.idempotency import service as idempotency
 from bulletin.messages import content, schemas, service, templates
 from bulletin.messages import repository as messages
 from bulletin.messages.models import Message
+from bulletin.recipients.addresses import CHANNELS
 from bulletin.recipients.validation import check_timezone
 from bulletin.services import Services
 from bulletin.web.portal.render import PathId, PortalRoute, page
@@ -39,7 +40,6 @@ _DELIVERIES_SHOWN = 200
 #: Not yet received: nothing reached the person (yet). ``sent`` counts as received, because
 #: email reports nothing after the server's acceptance.
 NOT_RECEIVED = ("pending", "sending", "failed", "suppressed", "cancelled", "unknown")
-CHANNELS = ("whatsapp", "email", "sms")
 _SPLIT = re.compile(r"[\s,;]+")
 #: The compose form's one-time key, made when the page is rendered: sending the same form
 #: twice (a double click, the browser sending it again) makes one announcement, not two.
