@@ -4,6 +4,7 @@ they serve, and a free port to give them."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -41,11 +42,23 @@ def first_start_credentials(server: Process) -> str:
     return path.read_text()
 
 
+#: Ports handed to servers a test starts: below the kernel's ephemeral range (32768 and up on
+#: Linux), from which every outgoing connection (to PostgreSQL, say) takes its local port. A
+#: port from that range, free when chosen, can be taken by such a connection before the server
+#: binds it ("address already in use"); one from here can only be taken by another server.
+_SERVER_PORTS = range(20_000, 32_768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server a test starts."""
+    for port in random.sample(_SERVER_PORTS, 50):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 class Process:
