@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from bulletin.channels.addressing import normalize_email, normalize_phone
 from bulletin.recipients.validation import (
     check_category,
     check_clock,
     check_group,
     check_locale,
     check_timezone,
-    normalize_email,
-    normalize_phone,
 )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
 from bulletin import jsonvalue
+from bulletin.channels.addressing import normalize_email
 from bulletin.recipients import validation
 from bulletin.schemas import RequestBody
 
@@ -38,9 +39,7 @@ class RecipientFields(RequestBody):
     """A recipient as the organization describes them. Phone numbers are normalized to E.164."""
 
     name: str | None = Field(default=None, max_length=255)
-    email: (
-        Annotated[str, Field(max_length=320), AfterValidator(validation.normalize_email)] | None
-    ) = None
+    email: Annotated[str, Field(max_length=320), AfterValidator(normalize_email)] | None = None
     phone: str | None = Field(
         default=None, max_length=40, description="Any format; stored as E.164."
     )

@@ -8,13 +8,13 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bulletin.channels.addressing import normalize_phone
 from bulletin.db import utcnow
 from bulletin.errors import FieldError, InvalidRequest, NotFound
 from bulletin.ids import decode_cursor, encode_cursor
 from bulletin.recipients import repository, schemas
 from bulletin.recipients.addresses import CHANNELS, enabled, set_choice
 from bulletin.recipients.models import Recipient
-from bulletin.recipients.validation import normalize_phone
 
 
 def _profile(fields: schemas.RecipientFields, region: str | None) -> dict[str, Any]:

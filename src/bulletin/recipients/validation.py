@@ -2,7 +2,8 @@
 
 Each function returns the canonical form or raises ``ValueError`` with a sentence meant for the
 API caller; Pydantic and the batch importer turn those into field errors. Phone numbers and
-email addresses are written the way every channel writes them (:mod:`bulletin.channels.addressing`).
+email addresses are normalized where every channel normalizes them:
+:mod:`bulletin.channels.addressing`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 from pydantic_core import PydanticCustomError
 
 from bulletin import jsonvalue
-from bulletin.channels.addressing import normalize_email, normalize_phone
 
 __all__ = [
     "check_attributes",
@@ -24,8 +24,6 @@ __all__ = [
     "check_group",
     "check_locale",
     "check_timezone",
-    "normalize_email",
-    "normalize_phone",
     "time_zones",
 ]
 
