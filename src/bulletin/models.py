@@ -2,6 +2,7 @@
 
 from bulletin.db import Base
 from bulletin.deliveries.models import Delivery, DeliveryEvent, Suppression
+from bulletin.events.models import Event, EventType
 from bulletin.idempotency.models import IdempotencyRecord
 from bulletin.messages.models import Message, MessageRecipient
 from bulletin.orgs.models import ApiKey, InstanceSecret, Organization
@@ -9,6 +10,12 @@ from bulletin.providers.models import ChannelConfig
 from bulletin.ratelimits.models import RateLimitWindow, SignInThrottle, UsedSignInNonce
 from bulletin.recipients.models import Recipient, RecipientGroup
 from bulletin.sandbox.models import SandboxMessage
+from bulletin.subscriptions.models import (
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+    WebhookSubscription,
+)
 from bulletin.web.portal.models import PortalSession, PortalUser
 from bulletin.webhooks.models import InboundSeen
 from bulletin.worker.models import PacingSlot, PairSlot
@@ -19,6 +26,8 @@ __all__ = [
     "ChannelConfig",
     "Delivery",
     "DeliveryEvent",
+    "Event",
+    "EventType",
     "IdempotencyRecord",
     "InboundSeen",
     "InstanceSecret",
@@ -36,4 +45,8 @@ __all__ = [
     "SignInThrottle",
     "Suppression",
     "UsedSignInNonce",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
+    "WebhookSubscription",
 ]

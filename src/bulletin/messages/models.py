@@ -64,6 +64,8 @@ class Message(Base):
     overrides: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     #: With routing "first": move on to the next channel if not delivered within this time.
     fallback_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    #: The data of the event the message came from, which its templates may use as ``data``.
+    data: Mapped[dict[str, Any] | None] = mapped_column(Json)
     send_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     state: Mapped[str] = mapped_column(String(16), default="scheduled")
     resolve_cursor: Mapped[int] = mapped_column(BigInteger, default=0)

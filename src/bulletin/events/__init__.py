@@ -1,0 +1,1 @@
+"""Events in: event types an organization defines, and the events that become notifications."""
