@@ -16,7 +16,7 @@ from bulletin.crypto import generate_key
 from bulletin.devservers.whatsapp import status_payload, webhook_body
 from bulletin.orgs.keys import Scope
 from conftest import Api, make_settings
-from support.http import body_of, every, get_deliveries, problem, sandbox_of
+from support.http import body_of, error_locs, every, get_deliveries, problem, sandbox_of
 from support.http_factories import in_future, notify, person_json, post_announcement, post_people
 from support.settling import wait_for_state
 
@@ -530,6 +530,66 @@ def _announcement(t: Tenants) -> str:
     return f"/v1/announcements/{t.announcement}"
 
 
+EVENT_TYPE = {"title": "Hi {{ recipient.name }}", "body": "{{ data.text }}", "channels": ["email"]}
+
+
+async def _define(api: Api, key: str, **fields: Any) -> dict[str, Any]:
+    response = await api.client.put(
+        f"/v1/event-types/{key}", json={**EVENT_TYPE, **fields}, headers=api.headers(Scope.ADMIN)
+    )
+    assert response.status_code in (200, 201), response.text
+    return body_of(await api.get(f"/v1/event-types/{key}"), 200)
+
+
+async def event_types(t: Tenants) -> None:
+    mine = await _define(t.mine, "mine.only")
+    # Their PUT of the same key defines their own type; their GET and DELETE reach only it.
+    theirs = await t.as_theirs("PUT", "/v1/event-types/mine.only", {**EVENT_TYPE, "title": "T"})
+    assert theirs.status_code in (200, 201), theirs.text
+    assert body_of(await t.as_theirs("GET", "/v1/event-types/mine.only"), 200)["title"] == "T"
+    listed = body_of(await t.as_theirs("GET", "/v1/event-types"), 200)["items"]
+    assert mine not in listed
+    assert (await t.as_theirs("DELETE", "/v1/event-types/mine.only")).status_code == 204
+    problem(await t.as_theirs("GET", "/v1/event-types/mine.only"), 404)
+    problem(await t.as_theirs("DELETE", "/v1/event-types/mine.only"), 404)
+    assert body_of(await t.mine.get("/v1/event-types/mine.only"), 200) == mine
+
+
+def _event(event_id: str, kind: str, recipient: str) -> dict[str, Any]:
+    return {"id": event_id, "type": kind, "recipient": recipient, "send_at": in_future(3600)}
+
+
+async def post_events(t: Tenants) -> None:
+    await _define(t.mine, "mine.events")
+    mine = await t.mine.post("/v1/events", _event("evt-1", "mine.events", "p1"))
+    assert mine.status_code in (200, 202), mine.text
+    my_messages = mine.json()["messages"]
+    await _define(t.theirs, "theirs.events")
+    before = await t.my_rows()
+    # My type, my people and my event ids mean nothing to them.
+    unknown_type = await t.as_theirs("POST", "/v1/events", _event("evt-3", "mine.events", "p3"))
+    assert error_locs(problem(unknown_type, 422)) == [["body", "type"]]
+    my_person = await t.as_theirs("POST", "/v1/events", _event("evt-4", "theirs.events", "p1"))
+    assert error_locs(problem(my_person, 422)) == [["body", "recipient"]]
+    own = await t.as_theirs("POST", "/v1/events", _event("evt-1", "theirs.events", "p3"))
+    assert own.status_code in (200, 202), own.text
+    assert {m["id"] for m in own.json()["messages"]}.isdisjoint(m["id"] for m in my_messages)
+    batch = {
+        "events": [
+            _event("evt-3", "mine.events", "p3"),
+            _event("evt-4", "theirs.events", "p1"),
+            _event("evt-1", "theirs.events", "p3"),
+            {**_event("evt-2", "theirs.events", "p3"), "recipient": {"external_id": "p2"}},
+        ]
+    }
+    results = body_of(await t.as_theirs("POST", "/v1/events/batch", batch), 200)["results"]
+    assert [r["status"] for r in results][:3] == ["refused", "refused", "duplicate"]
+    assert results[2]["messages"] == own.json()["messages"]
+    assert await t.my_rows() == before
+    again = body_of(await t.mine.post("/v1/events", _event("evt-1", "mine.events", "p1")), 200)
+    assert again["messages"] == my_messages
+
+
 #: For each operation: a probe, or why it holds no organization's data.
 G7: dict[tuple[str, str], Probe | str] = {
     ("GET", "/health"): "liveness of the process; no organization's data",
@@ -581,6 +641,12 @@ G7: dict[tuple[str, str], Probe | str] = {
     ("POST", "/v1/keys"): create_key,
     ("GET", "/v1/keys/{key_id}"): key_by_id,
     ("DELETE", "/v1/keys/{key_id}"): key_by_id,
+    ("GET", "/v1/event-types"): event_types,
+    ("PUT", "/v1/event-types/{key}"): event_types,
+    ("GET", "/v1/event-types/{key}"): event_types,
+    ("DELETE", "/v1/event-types/{key}"): event_types,
+    ("POST", "/v1/events"): post_events,
+    ("POST", "/v1/events/batch"): post_events,
 }
 
 

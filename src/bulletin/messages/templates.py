@@ -2,7 +2,14 @@
 
 A title, a body, a per-channel override or a WhatsApp template parameter may use Jinja2 with
 the recipient's fields and attributes: ``Hello {{ recipient.name }}``,
-``{{ recipient.attributes.site }}``. Text without template syntax is used as it is.
+``{{ recipient.attributes.site }}``, and with ``data``, the data of the event a message came
+from: ``Order {{ data.order.id }} has shipped``. Text without template syntax is used as it is.
+
+``data`` is read-only and lenient: a key it lacks renders as empty text, at any depth (see
+:mod:`bulletin.messages.template_data`); using one where a value is needed (a calculation, a
+comparison, a call) is :class:`MissingData`. The check at creation without data (an event
+type's) accepts such uses, since only an event's data can tell; an event's own check, with
+its data, does not.
 
 Mistakes are caught when the message is created, not at send time: :func:`check` compiles
 every template and renders it for a probe recipient (and for named recipients), so a syntax
@@ -31,6 +38,8 @@ from bulletin.errors import FieldError, InvalidRequest
 from bulletin.messages.sandbox import BoundedEnvironment, budget
 from bulletin.messages.sandbox import BudgetExceeded as BudgetExceeded
 from bulletin.messages.sandbox import TemplateFailed as TemplateFailed
+from bulletin.messages.template_data import DataEnvironment, MissingDataError, template_data
+from bulletin.messages.template_data import MissingData as MissingData
 
 #: Longest text any one template may render to.
 MAX_RENDERED = 64_000
@@ -49,7 +58,7 @@ class _Attributes(dict[str, Any]):
 
 @functools.cache
 def _environment(html: bool) -> BoundedEnvironment:
-    return BoundedEnvironment(html=html)
+    return DataEnvironment(html=html)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,8 @@ def compile_text(source: str, *, html: bool = False) -> Renderer:
             raise
         except (RecursionError, MemoryError) as exc:
             raise BudgetExceeded("it nests too deeply") from exc
+        except MissingDataError as exc:
+            raise MissingData(str(exc)) from exc
         except jinja2.UndefinedError as exc:
             raise TemplateFailed(_explain_undefined(str(exc))) from exc
         except jinja2.TemplateError as exc:
@@ -153,14 +164,22 @@ def _explain_undefined(error: str) -> str:
     name = re.search(r"'([^']*)' is undefined", error)
     if name:
         return (
-            f"{name.group(1)!r} is not defined here; a title can use recipient, a body also "
-            "title, an HTML part or a template parameter also body"
+            f"{name.group(1)!r} is not defined here; a title can use recipient and data, a "
+            "body also title, an HTML part or a template parameter also body"
         )
     return f"template uses something that does not exist: {error}"
 
 
-def context_for(recipient: RecipientView, **extra: Any) -> dict[str, Any]:
-    return {"recipient": _Namespace(recipient.context()), **extra}
+def context_for(
+    recipient: RecipientView, data: Mapping[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """What a template sees: the recipient, ``data`` (as :func:`template_data` makes it; ``None``:
+    empty) and ``extra``."""
+    return {
+        "recipient": _Namespace(recipient.context()),
+        "data": template_data(None) if data is None else data,
+        **extra,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +202,21 @@ class TemplateChoice:
 
 
 class MessageTemplates:
-    """Every template of one message, compiled once and rendered per recipient and channel."""
+    """Every template of one message, compiled once and rendered per recipient and channel.
+
+    ``data`` is the data of the event the message came from, which every text sees as
+    ``data``; raises :class:`TemplateFailed` for a template that does not compile, or data
+    nested deeper than anything accepted.
+    """
 
     def __init__(
         self,
         title: str,
         body: str,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
+        self._data = template_data(data)
         self._title = compile_text(title)
         self._body = compile_text(body)
         self._channel: dict[str, dict[str, Renderer]] = {}
@@ -233,7 +259,7 @@ class MessageTemplates:
     def _render(
         self, channel: str, recipient: RecipientView, template_parameters: list[str] | None
     ) -> Content:
-        context = context_for(recipient)
+        context = context_for(recipient, self._data)
         own = self._channel.get(channel, {})
         title = (own.get("title") or self._title)(context)
         body = (own.get("body") or self._body)(context | {"title": title})
@@ -264,11 +290,25 @@ def check(
     body: str,
     overrides: Mapping[str, Mapping[str, Any]],
     recipients: list[RecipientView],
-    loc: tuple[str, ...] = ("body",),
+    loc: tuple[str | int, ...] = ("body",),
+    data: Mapping[str, Any] | None = None,
 ) -> MessageTemplates:
-    """Compile and try every template of a message; a problem is a 422 naming the field."""
-    # What each kind of text may refer to: a title only the recipient, a body also the
-    # title, an HTML part or a template parameter also the body.
+    """Compile and try every template of a message; a problem is a 422 naming the field.
+
+    Every template is rendered with ``data``. Without data (``None``, as for an event type,
+    whose events bring it) ``data`` is empty, and a use of it that only a value could satisfy
+    (``{{ data.total + 1 }}``) is accepted; with data, nothing missing is excused. Data nested
+    too deeply is a 422 at ``(*loc, "data")``.
+    """
+    try:
+        seen = template_data(data)
+    except TemplateFailed as exc:
+        raise InvalidRequest(
+            "The data cannot be given to templates.",
+            [FieldError((*loc, "data"), str(exc), "data_invalid")],
+        ) from exc
+    # What each kind of text may refer to: a title only the recipient (and the data), a body
+    # also the title, an HTML part or a template parameter also the body.
     sees = {"title": {}, "body": {"title": ""}, "html": {"title": "", "body": ""}}
     sources: list[tuple[tuple[str | int, ...], str, str]] = [
         ((*loc, "title"), title, "title"),
@@ -292,9 +332,13 @@ def check(
             for i, recipient in enumerate([PROBE, *recipients]):
                 if i and time.monotonic() > sampling_ends:
                     break
-                renderer(context_for(recipient, **sees[kind]))
+                try:
+                    renderer(context_for(recipient, seen, **sees[kind]))
+                except MissingData:
+                    if data is not None:
+                        raise
         except TemplateFailed as exc:
             errors.append(FieldError(where, str(exc), "template_invalid"))
     if errors:
         raise InvalidRequest("A template in the message cannot be rendered.", errors)
-    return MessageTemplates(title, body, overrides)
+    return MessageTemplates(title, body, overrides, seen)

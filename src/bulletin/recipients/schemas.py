@@ -35,8 +35,8 @@ Attributes = Annotated[
 ]
 
 
-class RecipientFields(RequestBody):
-    """A recipient as the organization describes them. Phone numbers are normalized to E.164."""
+class ProfileFields(RequestBody):
+    """A recipient's own fields. Phone numbers are normalized to E.164."""
 
     name: str | None = Field(default=None, max_length=255)
     email: Annotated[str, Field(max_length=320), AfterValidator(normalize_email)] | None = None
@@ -52,8 +52,25 @@ class RecipientFields(RequestBody):
     locale: Annotated[str, Field(max_length=35), AfterValidator(validation.check_locale)] | None = (
         None
     )
-    groups: list[GroupName] = Field(default_factory=list, max_length=100)
     attributes: Attributes = Field(default_factory=dict)
+
+
+class RecipientFields(ProfileFields):
+    """A recipient as the organization describes them. Phone numbers are normalized to E.164."""
+
+    groups: list[GroupName] = Field(default_factory=list, max_length=100)
+
+
+class InlineRecipient(ProfileFields):
+    """A recipient described where they are sent to (an event names its people this way).
+
+    Fields given replace the stored ones (``null`` clears one, ``{}`` the attributes); fields
+    absent are kept, or empty for a new recipient. A WhatsApp number given as ``null``, or
+    absent for a new recipient, is the phone given with it (as in PUT). Groups are not set
+    here. A deactivated recipient is neither changed nor sent to.
+    """
+
+    external_id: ExternalId
 
 
 class RecipientPut(RecipientFields):

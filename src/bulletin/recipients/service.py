@@ -12,7 +12,7 @@ from bulletin.channels.addressing import normalize_phone
 from bulletin.db import utcnow
 from bulletin.errors import FieldError, InvalidRequest, NotFound
 from bulletin.ids import decode_cursor, encode_cursor
-from bulletin.recipients import repository, schemas
+from bulletin.recipients import merge_repository, repository, schemas
 from bulletin.recipients.addresses import CHANNELS, enabled, set_choice
 from bulletin.recipients.models import Recipient
 
@@ -111,6 +111,52 @@ async def import_batch(
     )
     await repository.upsert(session, org_id, rows, utcnow())
     return schemas.BatchResult(created=len(rows) - len(existing), updated=len(existing))
+
+
+async def merge_inline(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    people: list[schemas.InlineRecipient],
+    region: str | None,
+) -> tuple[dict[str, int], dict[str, list[FieldError]]]:
+    """Create or update people described inline (by an event), in a few statements.
+
+    The fields each person gives replace the stored ones and the others are kept (see
+    :class:`~bulletin.recipients.schemas.InlineRecipient`); a person named more than once gets
+    every field given, the last value of each winning. Phones are normalized as in :func:`put`
+    (``region`` the default country). Returns the internal ids of the people who can be sent
+    to, and, by external id, why each of the others cannot: an invalid number (nothing of
+    theirs is saved) or a deactivated recipient (left unchanged). Flushes, never commits.
+    """
+    given: dict[str, dict[str, Any]] = {}
+    for person in people:
+        fields = person.model_dump(include=person.model_fields_set - {"external_id"})
+        given.setdefault(person.external_id, {}).update(fields)
+    rows: list[dict[str, Any]] = []
+    refused: dict[str, list[FieldError]] = {}
+    for external_id, fields in given.items():
+        errors = []
+        for name in ("phone", "whatsapp"):
+            if name in fields:
+                try:
+                    fields[name] = normalize_phone(fields[name], region) if fields[name] else None
+                except ValueError as exc:
+                    errors.append(FieldError((name,), str(exc), "phone_invalid"))
+        if errors:
+            refused[external_id] = errors
+        else:
+            rows.append({"external_id": external_id, **fields})
+    usable: dict[str, int] = {}
+    for external_id, (recipient_id, active) in (
+        await merge_repository.merge(session, org_id, rows, utcnow())
+    ).items():
+        if active:
+            usable[external_id] = recipient_id
+        else:
+            refused[external_id] = [
+                FieldError(("external_id",), "the recipient is deactivated", "deactivated")
+            ]
+    return usable, refused
 
 
 async def _require(session: AsyncSession, org_id: uuid.UUID, external_id: str) -> Recipient:

@@ -85,7 +85,7 @@ class MessageCache:
             async with self._db.read() as session:
                 for m in await message_rows.by_ids(session, missing):
                     try:
-                        compiled = MessageTemplates(m.title, m.body, m.overrides)
+                        compiled = MessageTemplates(m.title, m.body, m.overrides, m.data)
                     except TemplateFailed as exc:
                         # Checked at creation, so only a message stored by an older version.
                         log.exception(
