@@ -19,6 +19,7 @@ from bulletin.channels.registry import ChannelRegistry
 from bulletin.config import Settings
 from bulletin.deliveries import endpoints as deliveries
 from bulletin.deliveries.metrics import database_families
+from bulletin.events import endpoints as events
 from bulletin.messages import endpoints as messages
 from bulletin.orgs import endpoints as organization
 from bulletin.orgs.auth import KeyCache
@@ -27,6 +28,7 @@ from bulletin.providers import endpoints as channels
 from bulletin.ratelimits import middleware as ratelimits
 from bulletin.recipients import endpoints as recipients
 from bulletin.sandbox import endpoints as sandbox
+from bulletin.subscriptions import endpoints as webhook_endpoints
 from bulletin.web import portal, preferences, unsubscribe
 from bulletin.web.headers import PageHeaders
 from bulletin.web.rendering import STATIC_PATH
@@ -98,10 +100,13 @@ def create_app(
     app.include_router(metrics_endpoint.router(database_families))
     app.include_router(recipients.router)
     app.include_router(messages.router)
+    app.include_router(events.types_router)
+    app.include_router(events.router)
     app.include_router(deliveries.message_router)
     app.include_router(deliveries.router)
     app.include_router(channels.router)
     app.include_router(webhooks.router)
+    app.include_router(webhook_endpoints.router)
     app.include_router(sandbox.router)
     app.include_router(unsubscribe.router)
     app.include_router(organization.router)

@@ -9,11 +9,12 @@ No secret reaches a line, in either format (see :func:`redact`):
 
 * a field whose name says it holds a secret (:func:`is_secret_name`) is replaced by
   ``[redacted]``, at any depth of nested dicts and lists;
-* every string is masked (:func:`mask`): API keys (``bk_...``), signed session and link
-  tokens, ``name=value`` / ``"name": "value"`` pairs with a secret name (query strings,
-  headers, dict and JSON text), pydantic's ``input_value=`` and SQLAlchemy's
-  ``[parameters: ...]``, and the values the current request carried in its credential headers,
-  cookies, secret-named query parameters and secret-named body fields (:class:`RequestSecrets`);
+* every string is masked (:func:`mask`): API keys (``bk_...``), webhook signing secrets
+  (``whsec_...``), signed session and link tokens, ``name=value`` / ``"name": "value"`` pairs
+  with a secret name (query strings, headers, dict and JSON text), pydantic's
+  ``input_value=`` and SQLAlchemy's ``[parameters: ...]``, and the values the current request
+  carried in its credential headers, cookies, secret-named query parameters and secret-named
+  body fields (:class:`RequestSecrets`);
 * tracebacks are plain text without local variables, their exception messages masked alike.
 """
 
@@ -92,6 +93,8 @@ _PLAIN_PAIR = re.compile(
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Bulletin API keys: bk_ and 43 URL-safe characters (shorter runs too: a cut key).
     (re.compile(r"bk_[A-Za-z0-9_-]{16,}"), "bk_" + REDACTED),
+    # Webhook signing secrets: whsec_ and base64 (a cut one too).
+    (re.compile(r"whsec_[A-Za-z0-9+/=]{16,}"), "whsec_" + REDACTED),
     # Signed tokens (portal sessions, sign-in nonces, preference links): payload.MAC.
     (re.compile(r"[A-Za-z0-9_-]{24,}\.[A-Za-z0-9_-]{22}(?![A-Za-z0-9_-])"), REDACTED),
     # pydantic's ValidationError text repeats the input.

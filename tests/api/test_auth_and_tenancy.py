@@ -526,6 +526,56 @@ async def post_twilio_read(
     return await t.mine.client.post(path, data=params, headers={"X-Twilio-Signature": signature})
 
 
+# --- Webhook endpoints: each probe makes an endpoint of mine with one delivery (a test event).
+
+_HOOKS = "/v1/webhook-endpoints"
+
+
+async def _my_endpoint(t: Tenants) -> tuple[str, int]:
+    body = {"url": "https://hooks.example.com/mine", "kinds": ["delivery.sent"]}
+    made = body_of(await t.mine.post(_HOOKS, body, Scope.ADMIN), 201)
+    sent = body_of(await t.mine.post(f"{_HOOKS}/{made['id']}/test", None, Scope.ADMIN), 202)
+    return made["id"], int(sent["id"])
+
+
+async def _my_hooks(t: Tenants, endpoint_id: str) -> list[Any]:
+    me = t.mine
+    return [
+        await every(me, _HOOKS, scope=Scope.ADMIN),
+        body_of(await me.get(f"{_HOOKS}/{endpoint_id}", Scope.ADMIN), 200),
+        # The worker may be trying the test event meanwhile: which deliveries there are.
+        [
+            (d["id"], d["webhook_id"], d["kind"])
+            for d in await every(me, f"{_HOOKS}/{endpoint_id}/deliveries", scope=Scope.ADMIN)
+        ],
+    ]
+
+
+def hook_not_found(method: str, tail: str = "", body: Any = None) -> Probe:
+    """Their key on my endpoint (``tail`` may name my delivery as {delivery}) is a 404, and
+    nothing of mine changes."""
+
+    async def probe(t: Tenants) -> None:
+        endpoint_id, delivery_id = await _my_endpoint(t)
+        before = await _my_hooks(t, endpoint_id)
+        path = f"{_HOOKS}/{endpoint_id}{tail.format(delivery=delivery_id)}"
+        problem(await t.as_theirs(method, path, body), 404)
+        assert await _my_hooks(t, endpoint_id) == before
+
+    return probe
+
+
+async def hooks_listed_and_made(t: Tenants) -> None:
+    endpoint_id, _ = await _my_endpoint(t)
+    before = await _my_hooks(t, endpoint_id)
+    body = {"url": "https://hooks.example.com/theirs", "kinds": ["delivery.read"]}
+    theirs = body_of(await t.as_theirs("POST", _HOOKS, body), 201)
+    listed = [e["id"] for e in body_of(await t.as_theirs("GET", _HOOKS), 200)["items"]]
+    assert theirs["id"] in listed
+    assert endpoint_id not in listed
+    assert await _my_hooks(t, endpoint_id) == before
+
+
 def _announcement(t: Tenants) -> str:
     return f"/v1/announcements/{t.announcement}"
 
@@ -647,6 +697,21 @@ G7: dict[tuple[str, str], Probe | str] = {
     ("DELETE", "/v1/event-types/{key}"): event_types,
     ("POST", "/v1/events"): post_events,
     ("POST", "/v1/events/batch"): post_events,
+    ("GET", "/v1/webhook-endpoints"): hooks_listed_and_made,
+    ("POST", "/v1/webhook-endpoints"): hooks_listed_and_made,
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}"): hook_not_found("GET"),
+    ("PATCH", "/v1/webhook-endpoints/{endpoint_id}"): hook_not_found(
+        "PATCH", "", {"enabled": False}
+    ),
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): hook_not_found("DELETE"),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): hook_not_found(
+        "POST", "/rotate-secret"
+    ),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/test"): hook_not_found("POST", "/test"),
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): hook_not_found("GET", "/deliveries"),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry"): (
+        hook_not_found("POST", "/deliveries/{delivery}/retry")
+    ),
 }
 
 
