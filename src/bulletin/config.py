@@ -2,12 +2,18 @@
 
 Build a :class:`Settings` at the edge (the CLI, a test) and pass it down; nothing in the
 package reads the environment on its own.
+
+Over 400 lines, because every setting of every process is declared here, with the
+description the README and ``--help`` show and the check that refuses a wrong value at
+start-up: one place to read them all matters more than short modules.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,11 +67,37 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+_DELAY_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delays(text: str) -> tuple[float, ...]:
+    """Comma-separated durations (``"5s,5m,2h,1d"``) in seconds; at most 30, each at most
+    7 days. Raises ``ValueError`` naming the first that is not one."""
+    delays: list[float] = []
+    for word in (w.strip() for w in text.split(",")):
+        number, unit = word[:-1], word[-1:]
+        if unit not in _DELAY_UNITS or not number.isdigit() or len(number) > 6:
+            shown = word if len(word) <= 20 else word[:20] + "..."
+            raise ValueError(f"{shown!r} is not a duration such as '30s', '5m', '2h' or '1d'")
+        seconds = float(int(number) * _DELAY_UNITS[unit])
+        if seconds > 7 * 86400:
+            raise ValueError(f"{word!r} is longer than 7 days")
+        delays.append(seconds)
+    if len(delays) > 30:
+        raise ValueError("at most 30 retries")
+    return tuple(delays)
+
+
 class Settings(BaseSettings):
     """Every setting Bulletin has. The README lists them with their meaning."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BULLETIN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="BULLETIN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refused value is named with the reason, never echoed: it may hold a password.
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -238,6 +270,42 @@ class Settings(BaseSettings):
         "plain http, on any SMTP port, and at loopback, private or link-local addresses: for "
         "a relay on your own network, or local stand-ins. Off, such an address is refused.",
     )
+    webhook_secret_grace_seconds: int = Field(
+        default=86400,
+        ge=0,
+        le=7 * 86400,
+        description="After a webhook endpoint's secret is rotated, how long the old secret "
+        "also signs (unless the rotation names its own grace period).",
+    )
+    # Webhooks out (the sender in each worker process).
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Longest a webhook request may take, connecting included; past it the "
+        "attempt counts as failed and is retried.",
+    )
+    webhook_max_in_flight_per_endpoint: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Webhook requests one worker process has in flight to one endpoint.",
+    )
+    webhook_max_in_flight: int = Field(
+        default=200, ge=1, description="Webhook requests one worker process has in flight."
+    )
+    webhook_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker holds the webhooks it took; if it dies, another sends "
+        "them again (same webhook-id) once this has passed.",
+    )
+    webhook_retry_delays: str = Field(
+        default="5s,5m,30m,2h,5h,10h,10h,14h,20h",
+        description="Waits before each retry of a webhook that was not answered 2xx, comma-"
+        "separated (s, m, h, d); after the last, it has failed and its endpoint is marked "
+        "failing. The default retries over about three days.",
+    )
     # Providers for every organization without its own (a single-organization install);
     # bulletin.channels.configs.from_settings makes their configurations and checks them.
     whatsapp_phone_number_id: str | None = Field(
@@ -278,6 +346,41 @@ class Settings(BaseSettings):
     twilio_base_url: str = "https://api.twilio.com"
     twilio_rate_per_second: float | None = Field(default=10.0, gt=0)
 
+    # Events from RabbitMQ (`bulletin consume`).
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ server `bulletin consume` reads events from: amqp:// or "
+        "amqps://user:password@host:port/vhost. Its password never appears in a log line.",
+    )
+    consume_queue: str = Field(
+        default="bulletin.events",
+        description="Queue `bulletin consume` reads; it is declared durable, with the durable "
+        "queue '<name>.dead' for the events it refuses.",
+    )
+    consume_org: uuid.UUID | None = Field(
+        default=None,
+        description="The organization every event of the queue belongs to (one organization "
+        "per queue). Set this or consume_orgs.",
+    )
+    consume_orgs: str | None = Field(
+        default=None,
+        description="Organizations the queue carries events for, comma-separated: each event "
+        "names its own in a top-level 'organization' key, which must be one of these.",
+    )
+    consume_prefetch: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Events `bulletin consume` holds unacknowledged at once: at most one "
+        "batch, accepted in one transaction.",
+    )
+    consume_batch_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=10_000,
+        description="How long a batch waits for more events after its first one arrives.",
+    )
+
     @model_validator(mode="after")
     def _lease_has_room(self) -> Settings:
         # A worker starts a send only if the lease outlasts the send timeout by a margin;
@@ -288,6 +391,28 @@ class Settings(BaseSettings):
                 "always ends well inside the lease"
             )
         return self
+
+    @model_validator(mode="after")
+    def _webhook_lease_has_room(self) -> Settings:
+        # A claimed webhook may wait for its endpoint's free slot, then be sent: the lease
+        # must leave room for a wait and a request, or most claims would be handed back
+        # untried (a request is only started while the lease outlasts its timeout).
+        if self.webhook_lease_seconds < 2 * self.webhook_timeout_seconds + 5:
+            raise ValueError(
+                "webhook_lease_seconds must be at least twice webhook_timeout_seconds + 5"
+            )
+        return self
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _retry_delays(cls, value: str) -> str:
+        parse_delays(value)
+        return value
+
+    @property
+    def webhook_retry_schedule(self) -> tuple[float, ...]:
+        """The waits before each webhook retry, in seconds (see ``webhook_retry_delays``)."""
+        return parse_delays(self.webhook_retry_delays)
 
     @field_validator("database_url")
     @classmethod
@@ -313,6 +438,74 @@ class Settings(BaseSettings):
         if item.amount < 1:
             raise ValueError(f"{value!r} allows nothing")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_organizations(self) -> Settings:
+        if self.consume_org is not None and self.consume_orgs is not None:
+            raise ValueError(
+                "set consume_org (one organization per queue) or consume_orgs (each event "
+                "names its own), not both"
+            )
+        return self
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        # The reasons never quote the URL: it may hold a password.
+        try:
+            parts = urlsplit(value.get_secret_value())
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a URL such as amqp://user:password@host:5672/") from None
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError("the scheme must be amqp:// or amqps://")
+        if not parts.hostname:
+            raise ValueError("no host: write amqp://user:password@host:5672/")
+        if port == 0:
+            raise ValueError("port 0 is not a port")
+        return value
+
+    @field_validator("consume_queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        # An AMQP queue name is at most 255 bytes, and '.dead' is added for the refused.
+        if not value or len(value.encode()) > 250:
+            raise ValueError("a queue name has 1 to 250 bytes")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a queue name has no control characters")
+        if value.startswith("amq."):
+            raise ValueError("names starting with 'amq.' are reserved by RabbitMQ")
+        return value
+
+    @field_validator("consume_orgs")
+    @classmethod
+    def _organizations(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        ids: list[str] = []
+        for word in (w.strip() for w in value.split(",")):
+            if not word:
+                continue
+            try:
+                ids.append(str(uuid.UUID(word)))
+            except ValueError:
+                shown = word if len(word) <= 40 else word[:40] + "..."
+                raise ValueError(f"{shown!r} is not an organization id") from None
+        if not ids:
+            raise ValueError("names no organization: give their ids, comma-separated")
+        return ",".join(dict.fromkeys(ids))
+
+    @property
+    def consume_org_ids(self) -> tuple[uuid.UUID, ...]:
+        """The organizations `bulletin consume` takes events for (none: it is not configured)."""
+        if self.consume_org is not None:
+            return (self.consume_org,)
+        return tuple(uuid.UUID(word) for word in (self.consume_orgs or "").split(",") if word)
+
+    @property
+    def consume_names_organizations(self) -> bool:
+        """Whether each event names its organization (consume_orgs) rather than the queue."""
+        return self.consume_orgs is not None
 
     @property
     def is_sqlite(self) -> bool:

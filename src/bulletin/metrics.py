@@ -62,6 +62,17 @@ FENCED_OUT = Counter(
     "bulletin_completions_fenced_out",
     "Outcomes dropped because the claim no longer held (its lease had been taken over).",
 )
+WEBHOOKS_SENT = Counter(
+    "bulletin_webhooks_sent",
+    "Webhook requests made by this process, by outcome: delivered (a 2xx answer), retry "
+    "(tried again later) or failed (its retries are used up).",
+    ["outcome"],
+)
+WEBHOOK_ENDPOINTS_FAILING = Counter(
+    "bulletin_webhook_endpoints_failing",
+    "Webhook endpoints this process marked failing: a webhook used up its retries, and "
+    "nothing more is sent to the endpoint until it is enabled again.",
+)
 HTTP_REQUESTS = Counter(
     "bulletin_http_requests",
     "API requests, by route template, method and status.",

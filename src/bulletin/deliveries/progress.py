@@ -24,6 +24,8 @@ from bulletin.messages import service as messages
 from bulletin.messages.models import Message
 from bulletin.messages.states import MessageState
 from bulletin.recipients import repository as recipients
+from bulletin.subscriptions import outbox_repository as outbox
+from bulletin.subscriptions.kinds import MESSAGE_CANCELLED
 
 _FINISHED = (MessageState.COMPLETED.value, MessageState.CANCELLED.value)
 
@@ -84,6 +86,7 @@ async def cancel(
     message.state = MessageState.CANCELLED.value
     message.cancelled_at = now
     cancelled = await repository.cancel_pending(session, message.id, now)
+    await outbox.record_message_events(session, [message.id], MESSAGE_CANCELLED, now)
     await session.flush()
     return message, cancelled
 

@@ -42,6 +42,8 @@ from bulletin.deliveries.states import ACTIVE_STATES, DeliveryState
 from bulletin.messages.models import Message
 from bulletin.messages.states import MessageState
 from bulletin.recipients.models import Recipient
+from bulletin.subscriptions import outbox_repository as outbox
+from bulletin.subscriptions.kinds import DELIVERY_KINDS, MESSAGE_COMPLETED
 
 # --- What every change leaves: an event ---------------------------------------------------
 
@@ -62,8 +64,11 @@ _EVENTS = cast(Table, DeliveryEvent.__table__)
 async def record_events(session: AsyncSession, at: dt.datetime, changes: Iterable[Change]) -> None:
     """Append an event at ``at`` for each change to the deliveries' history, in batches.
 
-    Every change of a delivery's state is recorded here, in the transaction that makes it.
+    Every change of a delivery's state is recorded here, in the transaction that makes it,
+    and so is its webhook event (the outbox) for the endpoints subscribed to that state: one
+    more statement, only when a change has a state that webhooks tell.
     """
+    changes = list(changes)
     rows = [
         {
             "delivery_id": c.delivery_id,
@@ -78,6 +83,11 @@ async def record_events(session: AsyncSession, at: dt.datetime, changes: Iterabl
     # which cost more than the insert itself on the hot path.
     for part in chunked(rows, 2000):
         await session.execute(insert(_EVENTS), part)
+    told = [c for c in changes if c.state.value in DELIVERY_KINDS]
+    if told:
+        await outbox.record_delivery_events(
+            session, [c.delivery_id for c in told], at, {c.state.value for c in told}
+        )
 
 
 # --- Lookups for dispatch and fallback ------------------------------------------------------
@@ -199,7 +209,8 @@ async def reopen_messages(session: AsyncSession, message_ids: Sequence[uuid.UUID
 
 
 async def finish_completed(session: AsyncSession, now: dt.datetime) -> int:
-    """Mark ``completed`` every sending message none of whose deliveries has work left."""
+    """Mark ``completed`` every sending message none of whose deliveries has work left, with
+    its ``message.completed`` webhook event."""
     work_left = exists().where(
         Delivery.message_id == Message.id,
         Delivery.state.in_([s.value for s in ACTIVE_STATES]),
@@ -210,7 +221,9 @@ async def finish_completed(session: AsyncSession, now: dt.datetime) -> int:
         .values(state=MessageState.COMPLETED.value, completed_at=now)
         .returning(Message.id)
     )
-    return len(result.all())
+    completed = list(result.scalars())
+    await outbox.record_message_events(session, completed, MESSAGE_COMPLETED, now)
+    return len(completed)
 
 
 async def for_recipient(

@@ -85,8 +85,11 @@ class WebhookMessage(Base):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "delivery_event_id", name="uq_webhook_messages_event"),
         Index("ix_webhook_messages_endpoint", "endpoint_id", "id"),
+        # By endpoint: the sender claims each active endpoint's due rows, so that the rows
+        # of a failing or disabled endpoint, however many, are never read on the way.
         Index(
             "ix_webhook_messages_due",
+            "endpoint_id",
             "next_attempt_at",
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),

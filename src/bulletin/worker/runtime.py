@@ -12,6 +12,7 @@ from bulletin.config import Settings
 from bulletin.db import Database
 from bulletin.recipients.links import PreferenceLinks
 from bulletin.signals import Hub, Listener, Notifier, Work
+from bulletin.subscriptions.dispatcher import WebhookDispatcher
 from bulletin.worker.dispatcher import Dispatcher
 from bulletin.worker.scheduler import Scheduler
 
@@ -47,6 +48,8 @@ class Engine:
             if dispatch
             else None
         )
+        #: Sends the outbox of status events (webhooks) wherever deliveries are sent.
+        self.webhooks = WebhookDispatcher(db, settings) if dispatch else None
         self.scheduler = (
             Scheduler(db, registry, settings, hub.subscribe(Work.MESSAGES), notifier)
             if schedule
@@ -68,6 +71,10 @@ class Engine:
         if self.scheduler is not None:
             self._loops.append(
                 asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler")
+            )
+        if self.webhooks is not None:
+            self._loops.append(
+                asyncio.create_task(self.webhooks.run(self._stopping), name="webhooks")
             )
         for task in [*self._loops, *self._helpers]:
             task.add_done_callback(self._ended)

@@ -145,7 +145,7 @@ def upgrade() -> None:
     with op.batch_alter_table("webhook_messages", schema=None) as batch_op:
         batch_op.create_index(
             "ix_webhook_messages_due",
-            ["next_attempt_at"],
+            ["endpoint_id", "next_attempt_at"],
             unique=False,
             postgresql_where=sa.text("state = 'pending'"),
             sqlite_where=sa.text("state = 'pending'"),
