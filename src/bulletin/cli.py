@@ -1,4 +1,4 @@
-"""The ``bulletin`` command: serve, worker, migrate, orgs, keys, sandbox, devservers.
+"""The ``bulletin`` command: serve, worker, consume, migrate, orgs, keys, sandbox, devservers.
 
 It is over 400 lines because each command is a short function of its own, registered on one
 Typer app; what the commands share (reading settings, printing problems) sits beside them.
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import structlog
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -359,6 +360,75 @@ def worker(
     finally:
         if exporter is not None:
             exporter.close()
+
+
+def _consume_settings() -> Settings:
+    """The settings, or one line per refused setting (never its value: it may hold a password)."""
+    try:
+        return _settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = f"BULLETIN_{str(error['loc'][0]).upper()}" if error["loc"] else "Settings"
+            reason = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]{name}: {reason}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+async def _run_consume(settings: Settings) -> None:
+    from bulletin.consumers import run as consumers  # aio-pika: not loaded by other commands
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    db = open_database(settings)
+    try:
+        # Until the database answers and is migrated, unless told to stop first.
+        ready = asyncio.create_task(wait_for_database(db, migrate_it=False))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (ready, stopped):
+            task.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+        if stop.is_set():
+            await asyncio.gather(ready, return_exceptions=True)
+            return
+        await ready  # raises what waiting does not cure
+        _freeze_heap()
+        await consumers.consume(settings, db, stop)
+    finally:
+        await db.dispose()
+
+
+@app.command()
+def consume() -> None:
+    """Accept events from a RabbitMQ queue, as POST /v1/events does, each acknowledged once
+    what it became is committed.
+
+    The queue (BULLETIN_CONSUME_QUEUE on BULLETIN_AMQP_URL) is declared durable, with
+    '<queue>.dead' beside it: an event that is not JSON, names no organization the queue
+    serves, or is refused goes there, with the reason in its x-bulletin-reason and
+    x-bulletin-errors headers. Whose events the queue carries: BULLETIN_CONSUME_ORG, or
+    BULLETIN_CONSUME_ORGS with an 'organization' key in each event. An event id seen before
+    creates nothing, so an event delivered again (after a crash) is harmless. SIGTERM
+    finishes the batch in hand, then stops.
+    """
+    settings = _consume_settings()
+    from bulletin.consumers import run as consumers
+
+    # aiormq logs each failed connection as an error with its own words; the consumer logs
+    # it once, as consume.source_unavailable, with what it does next.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+    try:
+        consumers.routing(settings)
+    except consumers.NotConfigured as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(_run_consume(settings))
+    except NotFound as exc:
+        err.print(f"[red]{exc.detail} (BULLETIN_CONSUME_ORG or BULLETIN_CONSUME_ORGS)[/red]")
+        raise typer.Exit(1) from None
 
 
 #: The first line of a settings file ``bulletin devservers`` writes; it replaces no other file.
