@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 
 from bulletin.db import Database, utcnow
-from bulletin.deliveries import repository
+from bulletin.deliveries import metrics_repository
 from bulletin.deliveries.outcomes import Outcome
 from bulletin.deliveries.states import DeliveryState
 from bulletin.metrics import COMPLETED, LEASES_EXPIRED, UNKNOWN
@@ -59,8 +59,8 @@ async def database_families(db: Database) -> list[Metric]:
     now = utcnow()
     try:
         async with db.read() as session:
-            counts = await repository.counts_by_channel_and_state(session)
-            depth, oldest = await repository.queue_depth(session, now)
+            counts = await metrics_repository.counts_by_channel_and_state(session)
+            depth, oldest = await metrics_repository.queue_depth(session, now)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("metrics.database_unavailable", error=str(exc))
         up.add_metric([], 0)

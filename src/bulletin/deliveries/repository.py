@@ -4,14 +4,15 @@ its event.
 The rest of the package's queries live by concept: :mod:`~bulletin.deliveries.audience` turns
 a message's audience into deliveries, :mod:`~bulletin.deliveries.queue` claims and completes
 them (the claim protocol), :mod:`~bulletin.deliveries.fallback` moves a person on to their
-next channel, :mod:`~bulletin.deliveries.suppressions` keeps the suppression list. Every
-change of a delivery's state, whichever module makes it, is recorded through
-:func:`record_events`.
+next channel, :mod:`~bulletin.deliveries.suppressions` keeps the suppression list,
+:mod:`~bulletin.deliveries.metrics_repository` the metrics scrape's figures. Every change of a
+delivery's state, whichever module makes it, is recorded through :func:`record_events`, with
+its webhook event (the outbox of :mod:`bulletin.subscriptions`).
 
 A little over 400 lines, because it holds the many short reads of the deliveries table that
-the API, the portal, the scheduler and the metrics scrape each need (one or two statements
-apiece, independent of one another); split further, one table's reads would be scattered
-without any of them becoming easier to follow.
+the API, the portal and the scheduler each need (one or two statements apiece, independent of
+one another); split further, one table's reads would be scattered without any of them
+becoming easier to follow.
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bulletin.db import chunked, dialect_name
+from bulletin.db import chunked
 from bulletin.deliveries.models import Delivery, DeliveryEvent
 from bulletin.deliveries.states import ACTIVE_STATES, DeliveryState
 from bulletin.messages.models import Message
@@ -411,47 +411,3 @@ async def anything_overdue(session: AsyncSession, now: dt.datetime) -> tuple[boo
     overdue = select(literal(1)).where(Delivery.fallback_at <= now)
     row = (await session.execute(select(expired.exists(), overdue.exists()))).one()
     return bool(row[0]), bool(row[1])
-
-
-# --- Figures for metrics --------------------------------------------------------------------
-
-#: Longest a scrape's count may run on PostgreSQL, so a huge table skips a scrape, not hangs it.
-_COUNT_TIMEOUT_MS = 5000
-
-
-async def _bound_scrape_time(session: AsyncSession) -> None:
-    """Limit how long the rest of this transaction's statements may run, where the database
-    can (PostgreSQL); SQLite has no such limit, and its reads hold no one up."""
-    if dialect_name(session) == "postgresql":
-        await session.execute(text(f"SET LOCAL statement_timeout = {_COUNT_TIMEOUT_MS}"))
-
-
-async def counts_by_channel_and_state(session: AsyncSession) -> dict[tuple[str, str], int]:
-    """How many deliveries there are per (channel, state), over the whole table.
-
-    One GROUP BY, which visits every row: no index holds both columns, so PostgreSQL scans
-    the table (about 0.3 s per two million rows on two cores). It runs under a statement
-    timeout there, and only when metrics are scraped.
-    """
-    await _bound_scrape_time(session)
-    rows = await session.execute(
-        select(Delivery.channel, Delivery.state, func.count()).group_by(
-            Delivery.channel, Delivery.state
-        )
-    )
-    return {(channel, state): int(n) for channel, state, n in rows}
-
-
-async def queue_depth(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.datetime | None]:
-    """Pending deliveries due at ``now``, and when the oldest of them fell due.
-
-    Reads only the due index (``ix_deliveries_due``), so it costs what the queue holds.
-    """
-    count, oldest = (
-        await session.execute(
-            select(func.count(), func.min(Delivery.next_attempt_at)).where(
-                Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_at <= now
-            )
-        )
-    ).one()
-    return int(count), oldest
