@@ -2,9 +2,11 @@
 
 Scenarios (``--only`` picks some, in this order): ``floor`` (raw PostgreSQL doing the same row
 work), ``fanout``, ``e2e`` (end-to-end throughput with worker processes), ``lateness``
-(scheduling), ``api`` (``POST /v1/notifications``) and ``pacing``. Each runs ``--runs`` times on
-fresh databases; the table shows medians, the target each is held to, and on PostgreSQL the
-ratio to the floor. ``--quick`` shrinks every scenario to a smoke test of a few seconds.
+(scheduling), ``api`` (``POST /v1/notifications``), ``pacing``, ``events`` (events in, by
+``POST /v1/events/batch`` and by ``bulletin consume`` from RabbitMQ) and ``webhooks`` (status
+webhooks out). Each runs ``--runs`` times on fresh databases; the table shows medians, the
+target each is held to, and on PostgreSQL the ratio to the floor. ``--quick`` shrinks every
+scenario to a smoke test of a few seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ SCENARIOS = {
     "lateness": "benchmarks.lateness",
     "api": "benchmarks.api",
     "pacing": "benchmarks.pacing",
+    "events": "benchmarks.events",
+    "webhooks": "benchmarks.webhooks",
 }
 #: Which floor figure each throughput is compared with.
 FLOOR_OF = {

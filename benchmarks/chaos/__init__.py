@@ -8,4 +8,10 @@ ones. Meanwhile it SIGKILLs a random Bulletin process every few seconds (and sta
 and crashes PostgreSQL. When the load is done it waits for every delivery to settle, then
 reconciles the provider's ledger with Bulletin's records and the client's answers:
 duplicates, losses, ``unknown`` deliveries and why, and sends started after a cancel returned.
+
+A webhook endpoint subscribed to every kind points at a receiver process
+(``benchmarks.chaos.receiver``) that verifies each request's signature, answers a few with 500
+on purpose, and deduplicates by ``webhook-id``. Once the outbox has drained, every webhook event
+Bulletin owed (delivery events whose state has a kind, completed and cancelled messages) is
+held against the outbox and against what the receiver got: none may be missing.
 """

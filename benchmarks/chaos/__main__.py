@@ -15,7 +15,7 @@ from benchmarks.chaos.run import Options, Result, run
 
 
 def show(result: Result, console: Console) -> None:
-    r = result.report
+    r, w = result.report, result.webhooks
     table = Table(title="Chaos run", show_header=False)
     rows = [
         ("machine", result.machine),
@@ -44,13 +44,26 @@ def show(result: Result, console: Console) -> None:
         ("unknown settled later by receipts", str(r.settled_by_receipts)),
         ("sends started after a cancel returned", str(r.sends_after_cancel)),
         ("client retries", str(dict(sorted(result.client_retries.items())))),
+        (
+            "webhook events expected",
+            f"{sum(w.expected.values())} {w.expected} (outbox rows: {w.outbox})",
+        ),
+        ("webhooks received (unique webhook-id)", str(w.received)),
+        ("webhooks missing", str(w.missing)),
+        ("webhooks received again (retries)", str(w.duplicates)),
+        ("webhooks answered 500 on purpose", str(w.faults)),
+        (
+            "webhooks invalid / unexpected / failed / pending",
+            f"{w.invalid} / {w.unexpected} / {w.failed} / {w.pending} "
+            f"(endpoint {w.endpoint_state})",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
     for error in result.server_errors:
         console.print(f"[red]server error: {error}[/red]")
-    for problem in r.problems:
+    for problem in [*r.problems, *w.problems]:
         console.print(f"[red]{problem}[/red]")
     console.print("[green]OK[/green]" if result.ok else "[red]FAILED[/red]")
 

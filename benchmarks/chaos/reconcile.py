@@ -200,3 +200,117 @@ def _explain(
     if claimed is not None:
         return timeline.explain(*claimed) or "unexplained"
     return "unexplained"
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+#: Delivery states that are told to webhook endpoints (``bulletin.subscriptions.kinds``).
+TOLD_STATES = ("sent", "delivered", "read", "failed", "suppressed", "unknown")
+
+
+@dataclass
+class WebhookReport:
+    """Webhook events Bulletin owed the run's endpoint against what its receiver got.
+
+    ``expected``: events of the organization that the endpoint (subscribed to every kind) must
+    be told, by kind group: delivery events whose state has a kind, ``message.completed`` per
+    completed message, ``message.cancelled`` per cancelled one. ``received``: unique
+    ``webhook-id``s the receiver answered 200. ``missing``: expected events with no outbox row,
+    plus outbox rows never received (must be 0); ``unexpected``: ids received that are no row
+    of the outbox; ``duplicates``: ids received again (retries after a kill, harmless to a
+    receiver that deduplicates); ``invalid``: requests that failed signature verification;
+    ``faults``: valid requests the receiver answered 500 on purpose; ``failed``: outbox rows
+    that used up their retries; ``pending``: rows still pending when the run ended.
+    """
+
+    expected: dict[str, int] = field(default_factory=dict)
+    outbox: int = 0
+    received: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    faults: int = 0
+    failed: int = 0
+    pending: int = 0
+    endpoint_state: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.missing == 0
+            and self.unexpected == 0
+            and self.invalid == 0
+            and self.failed == 0
+            and self.pending == 0
+            and self.endpoint_state == "active"
+        )
+
+    def flag(self, text: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(text)
+
+
+async def reconcile_webhooks(
+    database_url: str, endpoint_id: str, received_ids: list[str], receiver: dict[str, Any]
+) -> WebhookReport:
+    """Hold the outbox and the deliveries' history against what the receiver got."""
+    report = WebhookReport()
+    endpoint = uuid.UUID(endpoint_id)
+    conn = await asyncpg.connect(database_url)
+    try:
+        state = await conn.fetchval("SELECT state FROM webhook_endpoints WHERE id = $1", endpoint)
+        org = await conn.fetchval("SELECT org_id FROM webhook_endpoints WHERE id = $1", endpoint)
+        events = await conn.fetch(
+            "SELECT ev.id FROM delivery_events ev JOIN deliveries d ON d.id = ev.delivery_id "
+            "WHERE d.org_id = $1 AND ev.state = ANY($2::text[])",
+            org,
+            list(TOLD_STATES),
+        )
+        finished = await conn.fetch(
+            "SELECT id, state FROM messages WHERE org_id = $1 AND state IN "
+            "('completed', 'cancelled')",
+            org,
+        )
+        rows = await conn.fetch(
+            "SELECT id, kind, delivery_event_id, message_id, state FROM webhook_messages "
+            "WHERE endpoint_id = $1",
+            endpoint,
+        )
+    finally:
+        await conn.close()
+    report.endpoint_state = str(state)
+    report.outbox = len(rows)
+    report.received = len(received_ids)
+    report.duplicates = int(receiver["duplicates"])
+    report.invalid = int(receiver["invalid"])
+    report.faults = int(receiver["faults"])
+    report.failed = sum(1 for r in rows if r["state"] == "failed")
+    report.pending = sum(1 for r in rows if r["state"] == "pending")
+    report.expected = {
+        "delivery.*": len(events),
+        "message.completed": sum(1 for m in finished if m["state"] == "completed"),
+        "message.cancelled": sum(1 for m in finished if m["state"] == "cancelled"),
+    }
+
+    told_events = {r["delivery_event_id"] for r in rows if r["delivery_event_id"] is not None}
+    told_messages = {(r["message_id"], r["kind"]) for r in rows if r["kind"].startswith("message.")}
+    for event in events:
+        if event["id"] not in told_events:
+            report.missing += 1
+            report.flag(f"delivery event {event['id']} has no webhook")
+    for message in finished:
+        if (message["id"], f"message.{message['state']}") not in told_messages:
+            report.missing += 1
+            report.flag(f"message {message['id']} ({message['state']}) has no webhook")
+    received = set(received_ids)
+    outbox_ids = {f"msg_{r['id']}" for r in rows}
+    for row in rows:
+        if f"msg_{row['id']}" not in received:
+            report.missing += 1
+            report.flag(f"webhook msg_{row['id']} ({row['kind']}, {row['state']}) never received")
+    report.unexpected = len(received - outbox_ids)
+    for webhook_id in sorted(received - outbox_ids)[:5]:
+        report.flag(f"received {webhook_id}, which is no row of the outbox")
+    return report

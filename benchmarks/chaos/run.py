@@ -22,10 +22,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from benchmarks.chaos import receiver
 from benchmarks.chaos.fleet import Fleet
 from benchmarks.chaos.load import Client, People, run_load, set_up
 from benchmarks.chaos.postgres import PrivatePostgres
-from benchmarks.chaos.reconcile import Report, Timeline, reconcile
+from benchmarks.chaos.reconcile import (
+    Report,
+    Timeline,
+    WebhookReport,
+    reconcile,
+    reconcile_webhooks,
+)
 from bulletin.crypto import generate_key
 
 WA_TOKEN = "EAAG-chaos-token"
@@ -33,6 +40,24 @@ WA_SECRET = "chaos-app-secret"
 WA_NUMBER_ID = "100000000000777"
 LEASE_SECONDS = 15.0
 SEND_TIMEOUT_SECONDS = 8.0
+#: Webhooks: a short timeout and lease, so that rows held by a killed worker go out again
+#: within the run, and retries in seconds rather than the default hours.
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_LEASE_SECONDS = 15.0
+WEBHOOK_RETRY_DELAYS = "1s,2s,3s,5s,5s,5s,5s,5s,5s,5s"
+#: Share of valid webhooks the receiver answers 500, so that retries are exercised.
+WEBHOOK_FAULT_RATE = 0.02
+#: Every kind an endpoint can subscribe to (``bulletin.subscriptions.kinds.KINDS``).
+WEBHOOK_KINDS = [
+    "delivery.sent",
+    "delivery.delivered",
+    "delivery.read",
+    "delivery.failed",
+    "delivery.suppressed",
+    "delivery.unknown",
+    "message.completed",
+    "message.cancelled",
+]
 
 
 @dataclass
@@ -68,6 +93,7 @@ class Result:
     provider_faults: dict[str, int]
     provider_requests: int
     receipts_posted: int
+    webhooks: WebhookReport
     machine: str = field(default_factory=lambda: f"{platform.node()} {os.cpu_count()} cores")
 
     @property
@@ -79,6 +105,7 @@ class Result:
             and r.sends_after_cancel == 0
             and r.unknown == r.unknown_explained
             and not self.server_errors
+            and self.webhooks.ok
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -184,6 +211,9 @@ async def run(options: Options) -> Result:
             "BULLETIN_RETRY_MAX_SECONDS": "4",
             "BULLETIN_MAX_ATTEMPTS": "8",
             "BULLETIN_DB_POOL_SIZE": "8",
+            "BULLETIN_WEBHOOK_TIMEOUT_SECONDS": str(WEBHOOK_TIMEOUT_SECONDS),
+            "BULLETIN_WEBHOOK_LEASE_SECONDS": str(WEBHOOK_LEASE_SECONDS),
+            "BULLETIN_WEBHOOK_RETRY_DELAYS": WEBHOOK_RETRY_DELAYS,
             "BULLETIN_LOG_LEVEL": "warning",
             "BULLETIN_LOG_FORMAT": "json",
             # The providers are local stand-ins on 127.0.0.1.
@@ -192,7 +222,12 @@ async def run(options: Options) -> Result:
         }
         org_id, api_key = await asyncio.to_thread(_migrate_and_make_org, env)
 
-        async with _provider(options, folder) as provider, aiohttp.ClientSession() as http:
+        hooks_options = ("--fail-rate", str(WEBHOOK_FAULT_RATE), "--seed", str(options.seed))
+        async with (
+            _provider(options, folder) as provider,
+            receiver.running(*hooks_options, log=folder / "receiver.log") as hooks,
+            aiohttp.ClientSession() as http,
+        ):
             fleet = Fleet(env, folder, api_ports, options.workers)
             fleet.start_all()
             await _wait_ready(http, fleet.api_urls, 60)
@@ -227,6 +262,7 @@ async def run(options: Options) -> Result:
             }
             async with Client(fleet.api_urls, api_key, rng) as client:
                 await set_up(client, people, configs)
+                endpoint_id = await _webhook_endpoint(client, http, hooks)
                 _say(options, f"{people_n} people; loading {options.deliveries} deliveries")
                 load_started = time.monotonic()
                 stop_killing = asyncio.Event()
@@ -251,11 +287,18 @@ async def run(options: Options) -> Result:
             dead = fleet.revive_dead()
             _say(options, "waiting for every delivery to settle")
             await _settle(database_url, http, provider["control"], options)
+            _say(options, "waiting for every webhook to be sent")
+            await _webhooks_sent(database_url, options)
             async with http.get(provider["control"] + "/ledger") as answer:
                 ledger = await answer.json()
+            async with http.get(hooks["control"] + "/control/ids") as answer:
+                received_ids = await answer.json()
+            async with http.get(hooks["control"] + "/control/count") as answer:
+                received = await answer.json()
             fleet.stop_all()
             timeline = Timeline(fleet.killed_workers(), restarts, LEASE_SECONDS + 2)
             report = await reconcile(database_url, work, ledger, timeline)
+            webhooks = await reconcile_webhooks(database_url, endpoint_id, received_ids, received)
             return Result(
                 options={k: str(v) for k, v in asdict(options).items()},
                 report=report,
@@ -272,6 +315,7 @@ async def run(options: Options) -> Result:
                 provider_faults=ledger["faults"],
                 provider_requests=ledger["whatsapp_requests"],
                 receipts_posted=ledger["receipts_posted"],
+                webhooks=webhooks,
             )
     finally:
         if fleet is not None:
@@ -351,3 +395,43 @@ async def _settle(
                 return
         await asyncio.sleep(0.5)
     _say(options, "gave up waiting for deliveries to settle")
+
+
+async def _webhook_endpoint(
+    client: Client, http: aiohttp.ClientSession, hooks: dict[str, str]
+) -> str:
+    """The organization's webhook endpoint (every kind) at the receiver, which is given its
+    secret; returns the endpoint's id."""
+    body = {"url": hooks["hook"], "kinds": WEBHOOK_KINDS, "description": "chaos receiver"}
+    _, created = await client.until_answered(
+        "POST", "/v1/webhook-endpoints", body, key="webhook-endpoint"
+    )
+    endpoint_id = str(created["id"])
+    secret = created.get("secret")
+    if secret is None:
+        # The first answer was lost and the key replayed it, without the secret: rotate.
+        path = f"/v1/webhook-endpoints/{endpoint_id}/rotate-secret"
+        _, rotated = await client.until_answered("POST", path, {"grace": "0s"})
+        secret = rotated["secret"]
+    async with http.post(hooks["control"] + "/control/secret", json={"secret": secret}):
+        pass
+    return endpoint_id
+
+
+async def _webhooks_sent(database_url: str, options: Options) -> None:
+    """Wait until no webhook is pending (those held by a killed worker go out again once their
+    lease ends)."""
+    deadline = time.monotonic() + options.settle_timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            conn = await asyncpg.connect(database_url, timeout=5)
+            try:
+                pending = await conn.fetchval(
+                    "SELECT count(*) FROM webhook_messages WHERE state = 'pending'"
+                )
+            finally:
+                await conn.close()
+            if pending == 0:
+                return
+        await asyncio.sleep(0.5)
+    _say(options, "gave up waiting for webhooks to be sent")

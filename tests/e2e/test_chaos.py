@@ -1,6 +1,7 @@
 """A short chaos run: several API and worker processes on a private PostgreSQL server, killed
 with SIGKILL while they work, PostgreSQL crashed once, every POST sent twice; then the
-provider's ledger is held against Bulletin's records (see benchmarks/chaos)."""
+provider's ledger is held against Bulletin's records, and the webhook events owed to the
+organization's endpoint against what its receiver got (see benchmarks/chaos)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,13 @@ async def test_five_thousand_deliveries_through_kills_and_a_database_crash(tmp_p
     assert report.lost == 0
     assert report.sends_after_cancel == 0
     assert report.unknown == report.unknown_explained
+    # Every webhook event owed to the endpoint reached its receiver, signed, despite the kills.
+    webhooks = result.webhooks
+    assert webhooks.expected["delivery.*"] > 0
+    assert webhooks.expected["message.completed"] > 0
+    assert webhooks.received >= sum(webhooks.expected.values())
+    assert webhooks.problems == []
+    assert webhooks.missing == 0
+    assert webhooks.unexpected == 0
+    assert webhooks.invalid == 0
+    assert (webhooks.failed, webhooks.pending, webhooks.endpoint_state) == (0, 0, "active")
