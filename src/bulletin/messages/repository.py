@@ -92,18 +92,24 @@ async def cancelled_among(session: AsyncSession, ids: set[uuid.UUID]) -> set[uui
 
 
 async def next_due_for_resolution(session: AsyncSession, now: dt.datetime) -> Message | None:
-    """The earliest due message whose audience is not fully resolved, locked for this caller
-    (PostgreSQL: one another scheduler holds is skipped; SQLite, which drops ``FOR UPDATE``,
-    runs writers one at a time)."""
+    """The earliest due message whose audience is not fully resolved, locked for this caller."""
+    due = await due_for_resolution(session, now, 1)
+    return due[0] if due else None
+
+
+async def due_for_resolution(session: AsyncSession, now: dt.datetime, limit: int) -> list[Message]:
+    """The earliest ``limit`` due messages whose audiences are not fully resolved, locked for
+    this caller (PostgreSQL: those another scheduler holds are skipped; SQLite, which drops
+    ``FOR UPDATE``, runs writers one at a time)."""
     query = (
         select(Message)
         .where(Message.state.in_(_WAITING), Message.send_at <= now)
         .order_by(Message.send_at)
-        .limit(1)
+        .limit(limit)
         .execution_options(populate_existing=True)
         .with_for_update(skip_locked=True)
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    return list((await session.execute(query)).scalars())
 
 
 async def next_send_at(

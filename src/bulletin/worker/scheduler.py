@@ -24,6 +24,7 @@ from bulletin.deliveries import audience, fallback, queue
 from bulletin.deliveries import repository as deliveries
 from bulletin.deliveries.metrics import count_expired_leases
 from bulletin.messages import repository as messages
+from bulletin.messages.models import Message
 from bulletin.messages.states import MessageState
 from bulletin.signals import Notifier, Wakeup, Work
 from bulletin.worker import policy, repository
@@ -32,6 +33,8 @@ from bulletin.worker.policy import RetryPolicy
 log = structlog.get_logger("bulletin.scheduler")
 
 _REAP_BATCH = 500
+#: Due messages one resolving transaction takes at most (each costs a few statements).
+_RESOLVE_MESSAGES = 200
 #: How long before its ``send_at`` a message's audience is resolved.
 RESOLVE_AHEAD = dt.timedelta(seconds=1)
 _TIDY_SECONDS = 60.0
@@ -116,27 +119,40 @@ class Scheduler:
             return forgotten + await deliveries.cancel_orphans(session, now)
 
     async def resolve_due(self) -> int:
-        """Resolve the audiences of messages due within :data:`RESOLVE_AHEAD`, one chunk per
-        transaction; returns recipients resolved."""
+        """Resolve the audiences of messages due within :data:`RESOLVE_AHEAD`; returns
+        recipients resolved.
+
+        Each transaction resolves up to ``resolve_chunk_size`` recipients, of as many due
+        messages (up to :data:`_RESOLVE_MESSAGES`) as that takes: a large audience takes a
+        chunk per transaction, and a thousand one-person notifications take one transaction,
+        not a thousand.
+        """
         total = 0
         while True:
+            budget = self._settings.resolve_chunk_size
+            finished: list[Message] = []
             async with self._db.transaction() as session:
                 now = utcnow()
-                message = await messages.next_due_for_resolution(session, now + RESOLVE_AHEAD)
-                if message is None:
+                due = await messages.due_for_resolution(
+                    session, now + RESOLVE_AHEAD, _RESOLVE_MESSAGES
+                )
+                if not due:
                     self._resolved_up_to = now + RESOLVE_AHEAD
                     return total
-                count, exhausted = await audience.resolve_chunk(
-                    session, message, self._settings.resolve_chunk_size, now
-                )
-                message.state = MessageState.RESOLVING.value
-                if exhausted:
-                    message.state = MessageState.SENDING.value
-                    message.resolved_at = now
-            total += count
-            if count:
+                for message in due:
+                    if budget <= 0:
+                        break
+                    count, exhausted = await audience.resolve_chunk(session, message, budget, now)
+                    budget -= count
+                    total += count
+                    message.state = MessageState.RESOLVING.value
+                    if exhausted:
+                        message.state = MessageState.SENDING.value
+                        message.resolved_at = now
+                        finished.append(message)
+            if budget < self._settings.resolve_chunk_size:
                 self._notifier.work_available(Work.DELIVERIES)
-            if exhausted:
+            for message in finished:
                 log.info(
                     "scheduler.message_resolved",
                     message_id=str(message.id),
