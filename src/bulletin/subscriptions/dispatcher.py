@@ -46,6 +46,10 @@ log = structlog.get_logger("bulletin.webhooks")
 
 #: A request is started only if the lease outlasts its timeout by this much.
 _LEASE_MARGIN_SECONDS = 2.0
+#: Rows claimed per endpoint per round, in multiples of its in-flight limit: enough that one
+#: claiming transaction feeds several rounds of requests (a row that cannot start before its
+#: lease runs short is handed back, so a slow endpoint holds no more than it can send).
+_CLAIM_PER_SLOT = 5
 #: How long a row waits before it is tried again when its endpoint's secret cannot be read
 #: (a missing or wrong BULLETIN_SECRET_KEY): an operator's fix, not the endpoint's fault.
 _UNREADABLE_SECRET_RETRY = dt.timedelta(seconds=60)
@@ -227,7 +231,12 @@ class WebhookDispatcher:
         lease = now + dt.timedelta(seconds=self._settings.webhook_lease_seconds)
         async with self._db.transaction() as session:
             rows = await outbox.claim(
-                session, now, lease, limit=free, per_endpoint=2 * self._per_endpoint, busy=busy
+                session,
+                now,
+                lease,
+                limit=free,
+                per_endpoint=_CLAIM_PER_SLOT * self._per_endpoint,
+                busy=busy,
             )
             endpoints = await outbox.endpoints(session, {r.endpoint_id for r in rows})
         return rows, endpoints, now
