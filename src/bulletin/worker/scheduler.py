@@ -40,6 +40,13 @@ RESOLVE_AHEAD = dt.timedelta(seconds=1)
 _TIDY_SECONDS = 60.0
 
 
+def _one_person(message: Message) -> bool:
+    """Whether the message names one recipient and nothing else, and so can be resolved with
+    many others in a few statements (see resolve_one_person_messages)."""
+    named = message.audience.get("recipients") or ()
+    return len(named) == 1 and message.resolve_cursor == 0 and not message.fallback_after_seconds
+
+
 class Scheduler:
     def __init__(
         self,
@@ -139,7 +146,16 @@ class Scheduler:
                 if not due:
                     self._resolved_up_to = now + RESOLVE_AHEAD
                     return total
-                for message in due:
+                single = [m for m in due if _one_person(m)]
+                if single:
+                    resolved = await audience.resolve_one_person_messages(session, single)
+                    budget -= sum(resolved.values())
+                    total += sum(resolved.values())
+                for message in single:
+                    message.state = MessageState.SENDING.value
+                    message.resolved_at = now
+                    finished.append(message)
+                for message in (m for m in due if not _one_person(m)):
                     if budget <= 0:
                         break
                     count, exhausted = await audience.resolve_chunk(session, message, budget, now)
