@@ -123,3 +123,30 @@ async def test_the_scheduler_resolves_due_one_person_messages_and_others_alike(
     assert {(m.state, m.audience_size) for m in stored if m} == {
         (MessageState.SENDING.value, 1)
     } | {(MessageState.SENDING.value, len(PEOPLE))}
+
+
+async def test_the_scheduler_resolves_due_one_person_messages_in_a_fixed_number_of_statements(
+    db: Database, settings: Settings
+) -> None:
+    org = await new_org(db)
+    await insert_people(db, org, PEOPLE)
+    counts = []
+    for copies in (1, 6):
+        now = utcnow().isoformat()
+        for _ in range(copies):
+            for person in PEOPLE:
+                await insert_announcement(
+                    db, org, {"recipients": [person["external_id"]]}, send_at=now
+                )
+        statements: list[str] = []
+
+        def seen(*args: Any, statements: list[str] = statements) -> None:
+            statements.append(args[2])
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            assert await scheduler_for(db, settings).resolve_due() == copies * len(PEOPLE)
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+        counts.append(len(statements))
+    assert counts[0] == counts[1], counts

@@ -147,6 +147,7 @@ class Scheduler:
                     self._resolved_up_to = now + RESOLVE_AHEAD
                     return total
                 single = [m for m in due if _one_person(m)]
+                others = [m for m in due if not _one_person(m)]
                 if single:
                     resolved = await audience.resolve_one_person_messages(session, single)
                     budget -= sum(resolved.values())
@@ -155,7 +156,7 @@ class Scheduler:
                     message.state = MessageState.SENDING.value
                     message.resolved_at = now
                     finished.append(message)
-                for message in (m for m in due if not _one_person(m)):
+                for message in others:
                     if budget <= 0:
                         break
                     count, exhausted = await audience.resolve_chunk(session, message, budget, now)
