@@ -11,6 +11,7 @@ character fails the MAC. ``/p/<token>/unsubscribe`` is the same person's one-cli
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import uuid
@@ -84,11 +85,15 @@ class PreferenceLinks:
         self._db = db
         self._base_url = base_url.rstrip("/")
         self._key: bytes | None = None
+        # The sends of a process's first claimed batch all want the key at once: one reads it.
+        self._reading = asyncio.Lock()
 
     async def page(self, org_id: uuid.UUID, recipient_id: int) -> str:
         """The link to the person's preference page."""
         if self._key is None:
-            self._key = await signing_key(self._db)
+            async with self._reading:
+                if self._key is None:
+                    self._key = await signing_key(self._db)
         return f"{self._base_url}/p/{preference_token(self._key, org_id, recipient_id)}"
 
 
