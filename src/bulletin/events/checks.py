@@ -134,7 +134,13 @@ def check_templates(candidate: Candidate, stored: dict[str, Row[Any]], region: s
     views = [_view(p, stored.get(p), candidate.inline.get(p), region) for p in candidate.people]
     try:
         templates.check(
-            kind.title, kind.body, kind.overrides or {}, views, (), candidate.event.data
+            kind.title,
+            kind.body,
+            kind.overrides or {},
+            views,
+            (),
+            candidate.event.data,
+            probe=False,
         )
     except InvalidRequest as exc:
         candidate.reason = f"The event type {kind.key!r} cannot be rendered with this event."

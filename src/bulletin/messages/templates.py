@@ -292,8 +292,14 @@ def check(
     recipients: list[RecipientView],
     loc: tuple[str | int, ...] = ("body",),
     data: Mapping[str, Any] | None = None,
+    *,
+    probe: bool = True,
 ) -> MessageTemplates:
     """Compile and try every template of a message; a problem is a 422 naming the field.
+
+    Each is rendered for :data:`PROBE` and for ``recipients``; ``probe=False`` leaves the probe
+    out when there are recipients (an event's templates, already tried for the probe when
+    their event type was saved, are rendered for the event's real people).
 
     Every template is rendered with ``data``. Without data (``None``, as for an event type,
     whose events bring it) ``data`` is empty, and a use of it that only a value could satisfy
@@ -323,13 +329,14 @@ def check(
             where: tuple[str | int, ...] = (*loc, "overrides", channel, "template", "parameters", i)
             sources.append((where, parameter, "html"))
     errors: list[FieldError] = []
-    # The probe is always tried; named recipients only while there is time, since every
+    # The first person is always tried; the rest only while there is time, since every
     # render is bounded by its budget at send time anyway.
     sampling_ends = time.monotonic() + CHECK_SECONDS
+    people = [PROBE, *recipients] if probe or not recipients else recipients
     for where, source, kind in sources:
         try:
             renderer = compile_text(source, html=kind == "html" and where[-1] == "html")
-            for i, recipient in enumerate([PROBE, *recipients]):
+            for i, recipient in enumerate(people):
                 if i and time.monotonic() > sampling_ends:
                     break
                 try:
