@@ -8,12 +8,19 @@ with a sentence meant for the API caller.
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_phone(value: str, region: str | None) -> str:
-    """E.164 form of a phone number; without ``+`` it is read in ``region``, if one is set."""
+    """E.164 form of a phone number; without ``+`` it is read in ``region``, if one is set.
+
+    Remembered (a pure function, and parsing is slow): an event's inline person is checked,
+    rendered for and stored, each with the same number.
+    """
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
